@@ -1,0 +1,13 @@
+//! meetbot: a meeting-bot worker that joins a meeting, transcribes every
+//! participant, keeps audio only as an encrypted ephemeral recording, commits
+//! the transcript and destroys the recording with a hash-chained receipt.
+//!
+//! See ARCHITECTURE.md for the map.
+#![forbid(unsafe_code)]
+
+pub mod audit;
+pub mod core;
+pub mod pii;
+pub mod platform;
+pub mod recording;
+pub mod stt;

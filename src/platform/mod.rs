@@ -1,0 +1,121 @@
+//! The meeting-platform seam.
+//!
+//! A platform joins a meeting and reports what happens in it as
+//! [`PlatformEvent`]s: who is there (with display names), every participant's
+//! encoded audio, and the meeting's state. Everything after that — decoding,
+//! recording, transcription, commit, deletion — is the core's job.
+
+pub mod replay;
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::core::media::{OpusPacket, ParticipantId};
+use crate::pii::Pii;
+
+/// What a platform reports.
+#[derive(Debug)]
+pub enum PlatformEvent {
+    /// The bot is waiting to be admitted (waiting room / lobby).
+    Waiting,
+    /// The bot is in the call and can receive audio.
+    Admitted,
+    /// Someone joined (or was already there when the bot arrived).
+    ParticipantJoined {
+        /// Platform id.
+        id: ParticipantId,
+        /// Display name.
+        name: Pii<String>,
+    },
+    /// Someone left.
+    ParticipantLeft {
+        /// Platform id.
+        id: ParticipantId,
+    },
+    /// One audio packet from one participant.
+    Audio {
+        /// Whose audio.
+        id: ParticipantId,
+        /// The packet.
+        packet: OpusPacket,
+    },
+    /// The meeting is over from the platform's point of view.
+    Ended {
+        /// Why.
+        reason: EndReason,
+    },
+}
+
+/// Why a platform says the meeting ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// A replay ran out of audio.
+    ReplayFinished,
+    /// The host ended the meeting.
+    EndedByHost,
+    /// The bot was removed.
+    Kicked,
+}
+
+impl EndReason {
+    /// Stable snake_case name for status output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::ReplayFinished => "replay_finished",
+            EndReason::EndedByHost => "call_ended_by_host",
+            EndReason::Kicked => "bot_kicked_from_call",
+        }
+    }
+}
+
+/// A platform failure that ends the bot's attempt.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PlatformError {
+    /// The meeting URL cannot be used.
+    #[error("invalid meeting URL: {0}")]
+    InvalidUrl(String),
+    /// A replay manifest or its audio is unusable.
+    #[error("replay: {0}")]
+    Replay(String),
+    /// Anything else, already described.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A joined (or joinable) meeting.
+#[async_trait]
+pub trait MeetingPlatform: Send {
+    /// Runs the meeting: sends events until the meeting ends (then returns
+    /// `Ok`) or `leave` is cancelled (then leaves politely and returns `Ok`).
+    /// A bounded channel gives back-pressure; a closed channel means the core
+    /// stopped listening and the platform should leave.
+    async fn run(
+        self: Box<Self>,
+        events: mpsc::Sender<PlatformEvent>,
+        leave: CancellationToken,
+    ) -> Result<(), PlatformError>;
+}
+
+/// Opens the platform named by the URL's scheme. Fails fast, before anything
+/// is recorded, when the URL or what it names is unusable.
+pub fn open(url: &Pii<String>) -> Result<Box<dyn MeetingPlatform>, PlatformError> {
+    let raw = url.expose().trim();
+    let Some((scheme, rest)) = raw.split_once(':') else {
+        return Err(PlatformError::InvalidUrl(
+            "no scheme; expected replay:<manifest.json>".into(),
+        ));
+    };
+    match scheme {
+        "replay" => Ok(Box::new(replay::ReplayPlatform::open(std::path::Path::new(rest))?)),
+        other => Err(PlatformError::InvalidUrl(format!(
+            "unknown scheme {:?}; supported: replay",
+            truncate(other, 32)
+        ))),
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
+}
