@@ -10,4 +10,6 @@ pub mod core;
 pub mod pii;
 pub mod platform;
 pub mod recording;
+pub mod store;
 pub mod stt;
+pub mod transcript;

@@ -1,1 +1,57 @@
-fn main() {}
+//! The `meetbot` binary: parse arguments, load configuration, run a command.
+
+use clap::Parser;
+use meetbot::cli::{self, AuditCommand, Cli, Command};
+
+fn main() {
+    let cli = Cli::parse();
+    let cfg = match cli::load_config(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("meetbot: {e}");
+            if matches!(cli.command, Command::Join(_)) {
+                // Machine readers of `join` get a final status line too.
+                println!(
+                    "{}",
+                    serde_json::json!({"status": "fatal", "at": meetbot::status::now_rfc3339(), "reason": e.to_string()})
+                );
+            }
+            std::process::exit(2);
+        }
+    };
+    cli::init_logging(&cfg.log.level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("meetbot: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let code = match cli.command {
+        Command::Join(args) => runtime.block_on(cli::join(cfg, args)),
+        Command::SttServe(args) => match runtime.block_on(cli::stt_serve(cfg, args)) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("meetbot stt-serve: {e:#}");
+                1
+            }
+        },
+        Command::Audit {
+            command: AuditCommand::Verify { log },
+        } => cli::audit_verify(&cfg, log),
+        Command::Bench(args) => match runtime.block_on(meetbot::benchcmd::run(cfg, args)) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("meetbot bench: {e:#}");
+                1
+            }
+        },
+    };
+    // Don't wait for a Whisper call that was abandoned at shutdown.
+    runtime.shutdown_timeout(cli::RUNTIME_SHUTDOWN);
+    std::process::exit(code);
+}

@@ -1,0 +1,37 @@
+# Shared helpers for meetbot scripts. Source it: . "$(dirname "$0")/lib.sh"
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# Build outside the clone so fresh clones (CI) reuse earlier builds.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/meetbot-target}"
+MEETBOT_BIN="$CARGO_TARGET_DIR/release/meetbot"
+export MEETBOT_MODEL_DIR="${MEETBOT_MODEL_DIR:-$ROOT/models/faster-whisper-tiny.en}"
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# Installs the Debian packages meetbot's build, tests and demo need, if missing.
+install_deps() {
+  local pkgs=(build-essential cmake pkg-config espeak-ng sox python3-pip unzip curl iproute2)
+  local missing=()
+  for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "installing Debian packages: ${missing[*]}"
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+  command -v cargo >/dev/null || die "cargo not found: install Rust (https://rustup.rs) first"
+}
+
+fetch_model() {
+  "$ROOT/scripts/fetch-model" "$MEETBOT_MODEL_DIR"
+}
+
+build_release() {
+  log "building meetbot (release; target dir $CARGO_TARGET_DIR)"
+  (cd "$ROOT" && cargo build --release --locked --bins)
+}

@@ -1,0 +1,510 @@
+//! The orchestrator: the tokio shell around [`Lifecycle`].
+//!
+//! It owns the recording, the per-participant audio pipelines, the
+//! transcription tasks and the platform task, turns what they report into
+//! lifecycle [`Input`]s, and carries out the lifecycle's [`Output`]s. It makes
+//! no decisions of its own about *when* to leave, commit or delete.
+//!
+//! **Invariant:** every path out of [`run`] after the recording is created
+//! destroys it (the lifecycle guarantees a `DeleteRecording`), and the
+//! recording's audio never leaves memory unencrypted.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::audit::{AuditLog, DeletionReceipt};
+use crate::core::audio::ParticipantPipeline;
+use crate::core::lifecycle::{Input, Lifecycle, LifecycleConfig, Output, Status};
+use crate::core::media::{ParticipantId, Utterance};
+use crate::core::vad::VadConfig;
+use crate::pii::Pii;
+use crate::platform::{MeetingPlatform, PlatformEvent};
+use crate::recording::{self, DataKey, KeyProvider, Recording, RecordingConfig, RecordingMeta};
+use crate::status::{self, ReceiptInfo, StatusLine, TranscriptInfo};
+use crate::store::{Committed, TranscriptStore};
+use crate::stt::retry::{transcribe_with_retry, RetryPolicy};
+use crate::stt::SttProvider;
+use crate::transcript::{ParticipantDoc, SegmentDoc, TranscriptDoc, SCHEMA};
+
+/// What to join and on whose behalf.
+#[derive(Debug, Clone)]
+pub struct JoinRequest {
+    /// Tenant (validated, path-safe).
+    pub tenant: String,
+    /// Meeting id (validated, path-safe).
+    pub meeting_id: String,
+    /// Display name.
+    pub bot_name: String,
+    /// Language for STT.
+    pub language: String,
+}
+
+/// The components a run uses.
+pub struct Components {
+    /// Wraps recording keys.
+    pub keys: Arc<dyn KeyProvider>,
+    /// Transcribes utterances.
+    pub stt: Arc<dyn SttProvider>,
+    /// Commits transcripts.
+    pub store: Arc<dyn TranscriptStore>,
+    /// Receives deletion receipts.
+    pub audit: Arc<AuditLog>,
+    /// Recording spool and budget.
+    pub recording: RecordingConfig,
+    /// VAD settings.
+    pub vad: VadConfig,
+    /// Lifecycle timings.
+    pub lifecycle: LifecycleConfig,
+    /// STT retries and timeouts.
+    pub retry: RetryPolicy,
+    /// Utterances transcribed at once.
+    pub stt_concurrency: usize,
+}
+
+/// How the run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// `done` (true) or `fatal` (false).
+    pub success: bool,
+}
+
+/// Destroys recordings left by processes that died (SIGKILL, OOM, power
+/// loss) and writes a receipt for each. Returns how many were swept.
+pub fn sweep_spool(cfg: &RecordingConfig, audit: &AuditLog) -> anyhow::Result<usize> {
+    if !cfg.spool_dir.exists() {
+        return Ok(0);
+    }
+    let reports = recording::sweep_orphans(&cfg.spool_dir)?;
+    let n = reports.len();
+    for r in reports {
+        let receipt = DeletionReceipt {
+            recording_id: r.recording_id,
+            meeting_id: r.meeting_id,
+            tenant: r.tenant,
+            chunk_count: r.chunks,
+            ciphertext_bytes: r.ciphertext_bytes,
+            manifest_sha256: r.manifest_sha256,
+            transcript_committed: false,
+            transcript_sha256: None,
+            transcript_location: None,
+            reason: Some(
+                "orphaned recording: its process ended before committing a transcript; swept at the next start"
+                    .into(),
+            ),
+            deleted_at: status::now_rfc3339(),
+            method: r.method,
+        };
+        audit.append(&receipt)?;
+    }
+    if n > 0 {
+        warn!(recordings = n, "Swept orphaned encrypted recordings left by a previous run.");
+    }
+    Ok(n)
+}
+
+struct SttResult {
+    participant: ParticipantId,
+    start_ms: u64,
+    end_ms: u64,
+    result: Result<Vec<crate::stt::SttSegment>, crate::stt::SttError>,
+}
+
+/// Runs one meeting to its end. `stop` yields once per stop request
+/// (SIGTERM/SIGINT); `emit` receives every status line.
+pub async fn run(
+    req: JoinRequest,
+    comps: Components,
+    platform: Box<dyn MeetingPlatform>,
+    mut stop: mpsc::Receiver<()>,
+    emit: &mut (dyn FnMut(&StatusLine) + Send),
+) -> Outcome {
+    let started_at = status::now_rfc3339();
+    let mut lc = Lifecycle::new(comps.lifecycle.clone(), Instant::now());
+    let mut line = |status: &'static str,
+                    recording_id: Option<String>,
+                    reason: Option<String>,
+                    transcript: Option<TranscriptInfo>,
+                    receipt: Option<ReceiptInfo>| StatusLine {
+        status,
+        at: status::now_rfc3339(),
+        meeting_id: req.meeting_id.clone(),
+        tenant: req.tenant.clone(),
+        recording_id,
+        reason,
+        transcript,
+        receipt,
+    };
+
+    // The first output is always `joining`.
+    while let Some(o) = lc.poll_output() {
+        if let Output::Status { status, reason } = o {
+            emit(&line(status.as_str(), None, reason, None, None));
+        }
+    }
+
+    // The recording exists before any audio can arrive.
+    let mut rec = match create_recording(&req, &comps).await {
+        Ok(r) => Some(r),
+        Err(e) => {
+            error!(error = %e, "Cannot create the encrypted recording.");
+            emit(&line("fatal", None, Some(format!("{e:#}")), None, None));
+            return Outcome { success: false };
+        }
+    };
+    let recording_id = rec.as_ref().map(|r| r.id().to_string()).unwrap_or_default();
+    info!(recording_id = %recording_id, "Encrypted recording created.");
+
+    let (ev_tx, mut ev_rx) = mpsc::channel::<PlatformEvent>(256);
+    let leave = CancellationToken::new();
+    let mut platform_task = Some(tokio::spawn(platform.run(ev_tx, leave.clone())));
+    let mut ev_closed = false;
+
+    let (stt_tx, mut stt_rx) = mpsc::channel::<SttResult>(64);
+    let mut stt_tasks = JoinSet::new();
+    let stt_permits = Arc::new(Semaphore::new(comps.stt_concurrency.max(1)));
+    let mut pending_stt = 0usize;
+    let mut draining = false;
+    let mut complete = true;
+
+    let mut names: BTreeMap<ParticipantId, Pii<String>> = BTreeMap::new();
+    let mut pipelines: BTreeMap<ParticipantId, ParticipantPipeline> = BTreeMap::new();
+    let mut segments: Vec<SegmentDoc> = Vec::new();
+    let mut ended_at: Option<String> = None;
+    let mut committed: Option<Committed> = None;
+    let mut commit_task: Option<tokio::task::JoinHandle<Result<Committed, crate::store::CommitError>>> =
+        None;
+    let mut receipt_info: Option<ReceiptInfo> = None;
+    let mut inputs: Vec<Input> = Vec::new();
+    let mut success = false;
+
+    let submit = |utt: Utterance,
+                  tasks: &mut JoinSet<()>,
+                  pending: &mut usize| {
+        *pending += 1;
+        let stt = comps.stt.clone();
+        let tx = stt_tx.clone();
+        let permits = stt_permits.clone();
+        let policy = comps.retry.clone();
+        tasks.spawn(async move {
+            // The semaphore is never closed, so acquire only fails if it were.
+            let _permit = permits.acquire_owned().await;
+            let samples: Arc<[f32]> = utt.samples.into();
+            let result = transcribe_with_retry(stt.as_ref(), samples, &policy).await;
+            let _ = tx
+                .send(SttResult {
+                    participant: utt.participant,
+                    start_ms: utt.start_ms,
+                    end_ms: utt.end_ms,
+                    result,
+                })
+                .await;
+        });
+    };
+
+    'run: loop {
+        // Act on everything the lifecycle wants, feeding back immediate results.
+        loop {
+            for i in inputs.drain(..) {
+                lc.handle_input(Instant::now(), i);
+            }
+            let Some(out) = lc.poll_output() else { break };
+            match out {
+                Output::Status { status, reason } => {
+                    let mut transcript = None;
+                    let mut receipt = None;
+                    match status {
+                        Status::CallEnded => {
+                            ended_at.get_or_insert_with(status::now_rfc3339);
+                        }
+                        Status::TranscriptCommitted | Status::RecordingDeleted | Status::Done | Status::Fatal => {
+                            transcript = committed.as_ref().map(|c| TranscriptInfo {
+                                location: c.location.clone(),
+                                vtt_location: c.vtt_location.clone(),
+                                sha256: c.sha256.clone(),
+                                segments: segments.len(),
+                                complete,
+                            });
+                            receipt = receipt_info.clone();
+                        }
+                        _ => {}
+                    }
+                    info!(status = status.as_str(), "Status changed.");
+                    emit(&line(status.as_str(), Some(recording_id.clone()), reason, transcript, receipt));
+                }
+                Output::Leave => leave.cancel(),
+                Output::FinishTranscription => {
+                    for (_, mut p) in std::mem::take(&mut pipelines) {
+                        if let Some(u) = p.finish() {
+                            submit(u, &mut stt_tasks, &mut pending_stt);
+                        }
+                    }
+                    if let Some(Err(e)) = rec.as_mut().map(|r| r.flush()) {
+                        warn!(error = %e, "Could not seal the last recording chunk.");
+                    }
+                    draining = true;
+                    if pending_stt == 0 {
+                        inputs.push(Input::TranscriptionDrained);
+                    }
+                }
+                Output::AbandonTranscription => {
+                    if pending_stt > 0 {
+                        warn!(pending = pending_stt, "Shutdown grace running out: committing without the remaining utterances.");
+                        complete = false;
+                    }
+                    stt_tasks.abort_all();
+                    pending_stt = 0;
+                    draining = false;
+                }
+                Output::Commit => {
+                    let mut doc = TranscriptDoc {
+                        schema: SCHEMA.into(),
+                        meeting_id: req.meeting_id.clone(),
+                        tenant: req.tenant.clone(),
+                        recording_id: recording_id.clone(),
+                        started_at: started_at.clone(),
+                        ended_at: ended_at.clone().unwrap_or_else(status::now_rfc3339),
+                        participants: names
+                            .iter()
+                            .map(|(id, n)| ParticipantDoc {
+                                id: id.0.clone(),
+                                name: n.expose().clone(),
+                            })
+                            .collect(),
+                        segments: segments.clone(),
+                        provider: comps.stt.name().to_string(),
+                        model: comps.stt.model().to_string(),
+                        language: req.language.clone(),
+                        complete,
+                    };
+                    doc.normalize();
+                    let store = comps.store.clone();
+                    commit_task = Some(tokio::spawn(async move { store.commit(&doc).await }));
+                }
+                Output::DeleteRecording { committed: was_committed, reason } => {
+                    stt_tasks.abort_all();
+                    leave.cancel();
+                    // The lifecycle emits exactly one DeleteRecording, so the recording is still here.
+                    let Some(r) = rec.take() else { continue };
+                    match destroy_and_receipt(r, &comps.audit, was_committed, committed.as_ref(), reason).await {
+                        Ok(info) => {
+                            receipt_info = Some(info);
+                            inputs.push(Input::RecordingDeleted);
+                        }
+                        Err(e) => {
+                            error!(error = %e, "Recording deletion failed: operator action needed.");
+                            inputs.push(Input::DeletionFailed { reason: format!("{e:#}") });
+                        }
+                    }
+                }
+                Output::Exit { success: s } => {
+                    success = s;
+                    break 'run;
+                }
+            }
+        }
+
+        let deadline = lc.poll_timeout();
+        tokio::select! {
+            ev = ev_rx.recv(), if !ev_closed => match ev {
+                Some(ev) => on_platform_event(ev, &mut lc, &mut names, &mut pipelines, &mut rec, &comps.vad, &mut inputs, &mut |u, t: &mut JoinSet<()>, p: &mut usize| submit(u, t, p), &mut stt_tasks, &mut pending_stt),
+                None => {
+                    // Sender dropped: the platform task is finishing; its result arrives below.
+                    ev_closed = true;
+                }
+            },
+            Some(res) = async { match platform_task.as_mut() { Some(t) => Some(t.await), None => None } }, if platform_task.is_some() => {
+                platform_task = None;
+                match res {
+                    Ok(Ok(())) => {
+                        // Drain anything still queued.
+                        while let Ok(ev) = ev_rx.try_recv() {
+                            on_platform_event(ev, &mut lc, &mut names, &mut pipelines, &mut rec, &comps.vad, &mut inputs, &mut |u, t: &mut JoinSet<()>, p: &mut usize| submit(u, t, p), &mut stt_tasks, &mut pending_stt);
+                        }
+                        inputs.push(Input::CallEnded { reason: "left".into() });
+                    }
+                    Ok(Err(e)) => {
+                        warn!(error = %e, "Platform failed.");
+                        inputs.push(Input::PlatformFailed { reason: e.to_string() });
+                    }
+                    Err(e) => inputs.push(Input::PlatformFailed { reason: format!("platform task crashed: {e}") }),
+                }
+            },
+            Some(()) = stop.recv() => {
+                info!("Stop requested: leaving, then transcribing, committing and deleting.");
+                inputs.push(Input::StopRequested);
+            },
+            Some(r) = stt_rx.recv() => {
+                pending_stt = pending_stt.saturating_sub(1);
+                match r.result {
+                    Ok(segs) => {
+                        let span = r.end_ms.saturating_sub(r.start_ms);
+                        for s in segs {
+                            let text = s.text.trim().to_string();
+                            if text.is_empty() { continue; }
+                            let start = r.start_ms + s.start_ms.min(span);
+                            let end = (r.start_ms + s.end_ms.min(span)).max(start);
+                            let name = names.get(&r.participant).map(|n| n.expose().clone()).unwrap_or_else(|| r.participant.0.clone());
+                            segments.push(SegmentDoc { speaker: name, speaker_id: r.participant.0.clone(), start_ms: start, end_ms: end, text });
+                        }
+                    }
+                    Err(e) => {
+                        error!(error = %e, "Transcription failed after retries.");
+                        inputs.push(Input::TranscriptionFailed { reason: e.to_string() });
+                    }
+                }
+                if draining && pending_stt == 0 {
+                    inputs.push(Input::TranscriptionDrained);
+                }
+            },
+            Some(res) = async { match commit_task.as_mut() { Some(t) => Some(t.await), None => None } }, if commit_task.is_some() => {
+                commit_task = None;
+                match res {
+                    Ok(Ok(c)) => {
+                        info!(sha256 = %c.sha256, "Transcript committed and verified.");
+                        committed = Some(c);
+                        inputs.push(Input::CommitSucceeded);
+                    }
+                    Ok(Err(e)) => {
+                        warn!(error = %e, retryable = e.is_retryable(), "Transcript commit failed.");
+                        inputs.push(Input::CommitFailed { reason: e.to_string(), retryable: e.is_retryable() });
+                    }
+                    Err(e) => inputs.push(Input::CommitFailed { reason: format!("commit task crashed: {e}"), retryable: true }),
+                }
+            },
+            _ = sleep_until(deadline) => {
+                lc.handle_timeout(Instant::now());
+            },
+        }
+    }
+    leave.cancel();
+    stt_tasks.abort_all();
+    debug!("Run finished.");
+    Outcome { success }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn on_platform_event(
+    ev: PlatformEvent,
+    lc: &mut Lifecycle,
+    names: &mut BTreeMap<ParticipantId, Pii<String>>,
+    pipelines: &mut BTreeMap<ParticipantId, ParticipantPipeline>,
+    rec: &mut Option<Recording>,
+    vad: &VadConfig,
+    inputs: &mut Vec<Input>,
+    submit: &mut dyn FnMut(Utterance, &mut JoinSet<()>, &mut usize),
+    tasks: &mut JoinSet<()>,
+    pending: &mut usize,
+) {
+    match ev {
+        PlatformEvent::Waiting => debug!("Waiting to be admitted."),
+        PlatformEvent::Admitted => inputs.push(Input::Admitted),
+        PlatformEvent::ParticipantJoined { id, name } => {
+            debug!(participant = %id, "Participant joined.");
+            names.insert(id, name);
+        }
+        PlatformEvent::ParticipantLeft { id } => {
+            debug!(participant = %id, "Participant left.");
+            if let Some(mut p) = pipelines.remove(&id) {
+                if let Some(u) = p.finish() {
+                    submit(u, tasks, pending);
+                }
+            }
+        }
+        PlatformEvent::Audio { id, packet } => {
+            if !lc.is_capturing() {
+                return;
+            }
+            let Some(rec) = rec.as_mut() else { return };
+            if let Err(e) = rec.append(&id, &packet) {
+                error!(error = %e, "Cannot append to the encrypted recording.");
+                inputs.push(Input::PlatformFailed {
+                    reason: format!("recording: {e}"),
+                });
+                return;
+            }
+            let p = match pipelines.entry(id.clone()) {
+                std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    match ParticipantPipeline::new(id.clone(), vad) {
+                        Ok(p) => v.insert(p),
+                        Err(e) => {
+                            inputs.push(Input::PlatformFailed {
+                                reason: format!("audio pipeline: {e}"),
+                            });
+                            return;
+                        }
+                    }
+                }
+            };
+            for u in p.push(&packet) {
+                submit(u, tasks, pending);
+            }
+        }
+        PlatformEvent::Ended { reason } => inputs.push(Input::CallEnded {
+            reason: reason.as_str().into(),
+        }),
+    }
+}
+
+async fn create_recording(req: &JoinRequest, comps: &Components) -> anyhow::Result<Recording> {
+    let dek = DataKey::generate();
+    let wrapped = comps
+        .keys
+        .wrap(&dek)
+        .await
+        .map_err(|e| anyhow::anyhow!("key provider {}: {e}", comps.keys.name()))?;
+    let meta = RecordingMeta {
+        meeting_id: req.meeting_id.clone(),
+        tenant: req.tenant.clone(),
+    };
+    let cfg = comps.recording.clone();
+    let rec = tokio::task::spawn_blocking(move || Recording::create(&cfg, dek, wrapped, meta)).await??;
+    Ok(rec)
+}
+
+async fn destroy_and_receipt(
+    rec: Recording,
+    audit: &Arc<AuditLog>,
+    was_committed: bool,
+    committed: Option<&Committed>,
+    reason: Option<String>,
+) -> anyhow::Result<ReceiptInfo> {
+    let report = tokio::task::spawn_blocking(move || rec.destroy()).await??;
+    let receipt = DeletionReceipt {
+        recording_id: report.recording_id,
+        meeting_id: report.meeting_id,
+        tenant: report.tenant,
+        chunk_count: report.chunks,
+        ciphertext_bytes: report.ciphertext_bytes,
+        manifest_sha256: report.manifest_sha256,
+        transcript_committed: was_committed,
+        transcript_sha256: committed.filter(|_| was_committed).map(|c| c.sha256.clone()),
+        transcript_location: committed.filter(|_| was_committed).map(|c| c.location.clone()),
+        reason,
+        deleted_at: status::now_rfc3339(),
+        method: report.method,
+    };
+    let audit2 = audit.clone();
+    let r2 = receipt.clone();
+    let entry = tokio::task::spawn_blocking(move || audit2.append(&r2)).await??;
+    info!(audit_seq = entry.seq, "Recording destroyed; deletion receipt appended.");
+    Ok(ReceiptInfo {
+        receipt,
+        audit_seq: entry.seq,
+        audit_hash: entry.hash,
+        audit_log: audit.path().display().to_string(),
+    })
+}

@@ -1,0 +1,320 @@
+//! Command line: `meetbot join`, `meetbot stt-serve`, `meetbot audit verify`, `meetbot bench`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use clap::{Parser, Subcommand};
+use tokio::sync::mpsc;
+use tracing::info;
+
+use crate::audit::AuditLog;
+use crate::bot::{self, Components, JoinRequest};
+use crate::config::{Config, SttKind};
+use crate::pii::{Pii, Secret};
+use crate::recording::{KeyProvider, LocalKeyFile, RecordingConfig};
+use crate::status::{self, StatusLine};
+use crate::store::{local::LocalDirStore, validate_id};
+use crate::stt::openai::{OpenAiConfig, OpenAiProvider};
+use crate::stt::retry::RetryPolicy;
+use crate::stt::SttProvider;
+
+/// meetbot: joins a meeting, transcribes every participant, keeps audio only
+/// as an encrypted ephemeral recording, commits the transcript and destroys
+/// the recording with a receipt.
+#[derive(Debug, Parser)]
+#[command(name = "meetbot", version, about, long_about = None)]
+pub struct Cli {
+    /// Configuration file layered over the built-in defaults.
+    #[arg(long, global = true, env = "MEETBOT_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Join a meeting and run it to its end (status lines on stdout, logs on stderr).
+    Join(JoinArgs),
+    /// Serve the embedded Whisper engine over the OpenAI-compatible transcription API.
+    SttServe(SttServeArgs),
+    /// Audit log tools.
+    Audit {
+        /// What to do.
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Print performance figures (audio path, Whisper real-time factor).
+    Bench(crate::benchcmd::BenchArgs),
+}
+
+/// `meetbot join`.
+#[derive(Debug, clap::Args)]
+pub struct JoinArgs {
+    /// Meeting URL. Supported: replay:<path/to/manifest.json>.
+    #[arg(value_name = "MEETING_URL")]
+    pub url: String,
+    /// Tenant the transcript belongs to (default: bot.tenant).
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Meeting id used to name the transcript (default: a new random id).
+    #[arg(long)]
+    pub meeting_id: Option<String>,
+    /// Display name in the meeting (default: bot.name).
+    #[arg(long)]
+    pub bot_name: Option<String>,
+    /// STT provider: embedded or openai (default: stt.provider).
+    #[arg(long, value_name = "PROVIDER")]
+    pub stt: Option<SttKind>,
+    /// OpenAI-compatible API base, e.g. http://127.0.0.1:8799/v1 (default: stt.url).
+    #[arg(long, value_name = "BASE")]
+    pub stt_url: Option<String>,
+}
+
+/// `meetbot stt-serve`.
+#[derive(Debug, clap::Args)]
+pub struct SttServeArgs {
+    /// Listen address (default: stt_serve.listen).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+}
+
+/// `meetbot audit …`.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Verify the hash chain of the audit log.
+    Verify {
+        /// Audit log (default: paths.audit_log).
+        #[arg(long, value_name = "FILE")]
+        log: Option<PathBuf>,
+    },
+}
+
+/// Loads configuration from the defaults, the file and the environment.
+pub fn load_config(cli: &Cli) -> Result<Config, crate::config::ConfigError> {
+    Config::load(cli.config.as_deref(), std::env::vars())
+}
+
+/// Sets up stderr logging.
+pub fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// Builds the configured STT provider.
+pub fn build_stt(cfg: &Config) -> anyhow::Result<Arc<dyn SttProvider>> {
+    match cfg.stt.provider {
+        SttKind::Openai => {
+            let key = cfg.stt.api_key.expose();
+            let p = OpenAiProvider::new(OpenAiConfig {
+                base_url: cfg.stt.url.clone(),
+                api_key: (!key.is_empty()).then(|| Secret::new(key.clone())),
+                model: cfg.stt.model.clone(),
+                language: Some(cfg.stt.language.clone()),
+                timeout: cfg.stt.timeout,
+            })
+            .map_err(|e| anyhow!("stt.url: {e}"))?;
+            Ok(Arc::new(p))
+        }
+        SttKind::Embedded => build_embedded(cfg),
+    }
+}
+
+#[cfg(feature = "whisper")]
+fn build_embedded(cfg: &Config) -> anyhow::Result<Arc<dyn SttProvider>> {
+    let p = crate::stt::whisper::WhisperProvider::load(&cfg.stt.model_dir, cfg.stt.threads)
+        .map_err(|e| anyhow!("embedded STT: {e}"))?;
+    Ok(Arc::new(p))
+}
+
+#[cfg(not(feature = "whisper"))]
+fn build_embedded(_cfg: &Config) -> anyhow::Result<Arc<dyn SttProvider>> {
+    Err(anyhow!(
+        "embedded STT: this meetbot was built without the `whisper` feature; use --stt openai --stt-url <BASE>"
+    ))
+}
+
+/// Runs `meetbot join`. Returns the process exit code.
+pub async fn join(mut cfg: Config, args: JoinArgs) -> i32 {
+    let tenant = args.tenant.clone().unwrap_or_else(|| cfg.bot.tenant.clone());
+    let meeting_id = args
+        .meeting_id
+        .clone()
+        .unwrap_or_else(|| format!("m-{}", uuid::Uuid::new_v4().simple()));
+    let fatal_early = |reason: String| {
+        status::print(&StatusLine {
+            status: "fatal",
+            at: status::now_rfc3339(),
+            meeting_id: meeting_id.clone(),
+            tenant: tenant.clone(),
+            recording_id: None,
+            reason: Some(reason),
+            transcript: None,
+            receipt: None,
+        });
+        1
+    };
+    if let Some(kind) = args.stt {
+        cfg.stt.provider = kind;
+    }
+    if let Some(url) = &args.stt_url {
+        cfg.stt.url = url.clone();
+    }
+    if let Some(name) = &args.bot_name {
+        cfg.bot.name = name.clone();
+    }
+    if let Err(e) = cfg.validate() {
+        return fatal_early(e.to_string());
+    }
+    if let Err(e) = validate_id("tenant", &tenant) {
+        return fatal_early(format!("--tenant: {e}"));
+    }
+    if let Err(e) = validate_id("meeting id", &meeting_id) {
+        return fatal_early(format!("--meeting-id: {e}"));
+    }
+    let url = Pii::new(args.url);
+
+    // Everything that can be checked before joining is checked here, so bad
+    // input fails fast with nothing recorded.
+    let platform = match crate::platform::open(&url) {
+        Ok(p) => p,
+        Err(e) => return fatal_early(e.to_string()),
+    };
+    let keys: Arc<dyn KeyProvider> = match LocalKeyFile::open_or_create(&cfg.paths.key_file()) {
+        Ok(k) => Arc::new(k),
+        Err(e) => return fatal_early(format!("key provider: {e}")),
+    };
+    let audit = match AuditLog::open(&cfg.paths.audit_log()) {
+        Ok(a) => Arc::new(a),
+        Err(e) => return fatal_early(format!("audit log: {e}")),
+    };
+    let recording = RecordingConfig {
+        spool_dir: cfg.paths.spool_dir(),
+        memory_budget_bytes: (cfg.recording.memory_budget_kib * 1024) as usize,
+        chunk_bytes: (cfg.recording.chunk_kib * 1024) as usize,
+    };
+    if let Err(e) = bot::sweep_spool(&recording, &audit) {
+        return fatal_early(format!("sweeping the spool {}: {e:#}", recording.spool_dir.display()));
+    }
+    let stt = match build_stt(&cfg) {
+        Ok(s) => s,
+        Err(e) => return fatal_early(format!("{e:#}")),
+    };
+    info!(provider = stt.name(), model = stt.model(), "STT ready.");
+
+    let comps = Components {
+        keys,
+        stt,
+        store: Arc::new(LocalDirStore::new(cfg.paths.transcripts_dir())),
+        audit,
+        recording,
+        vad: cfg.vad.clone(),
+        lifecycle: cfg.lifecycle(),
+        retry: RetryPolicy {
+            attempts: cfg.stt.attempts,
+            attempt_timeout: cfg.stt.timeout,
+            initial_backoff: cfg.stt.initial_backoff,
+            max_backoff: cfg.stt.max_backoff,
+        },
+        stt_concurrency: cfg.stt.concurrency,
+    };
+    let req = JoinRequest {
+        tenant,
+        meeting_id,
+        bot_name: cfg.bot.name.clone(),
+        language: cfg.stt.language.clone(),
+    };
+    let (stop_tx, stop_rx) = mpsc::channel(4);
+    tokio::spawn(forward_signals(stop_tx));
+    let mut emit = |l: &StatusLine| status::print(l);
+    let outcome = bot::run(req, comps, platform, stop_rx, &mut emit).await;
+    if outcome.success {
+        0
+    } else {
+        1
+    }
+}
+
+/// Sends one message per SIGTERM/SIGINT.
+async fn forward_signals(tx: mpsc::Sender<()>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("Cannot install signal handlers; SIGTERM will kill the bot without cleanup.");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        if tx.send(()).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Runs `meetbot stt-serve`.
+pub async fn stt_serve(cfg: Config, args: SttServeArgs) -> anyhow::Result<()> {
+    let listen = args.listen.unwrap_or_else(|| cfg.stt_serve.listen.clone());
+    let addr: std::net::SocketAddr = listen
+        .parse()
+        .with_context(|| format!("--listen {listen:?} is not an address like 127.0.0.1:8799"))?;
+    let mut engine_cfg = cfg.clone();
+    engine_cfg.stt.provider = SttKind::Embedded;
+    let provider = build_stt(&engine_cfg)?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let key = cfg.stt_serve.api_key.expose();
+    let opts = crate::stt::serve::ServeOptions {
+        api_key: (!key.is_empty()).then(|| Secret::new(key.clone())),
+        max_concurrency: cfg.stt_serve.max_concurrency,
+        ..Default::default()
+    };
+    info!(listen = %listener.local_addr()?, "stt-serve listening.");
+    let shutdown = async {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    crate::stt::serve::serve(listener, provider, opts, shutdown).await?;
+    Ok(())
+}
+
+/// Runs `meetbot audit verify`. Returns the exit code.
+pub fn audit_verify(cfg: &Config, log: Option<PathBuf>) -> i32 {
+    let path = log.unwrap_or_else(|| cfg.paths.audit_log());
+    match crate::audit::verify(&path) {
+        Ok(r) => {
+            println!(
+                "{}",
+                serde_json::json!({"ok": true, "log": path.display().to_string(), "entries": r.entries, "head_hash": r.head_hash})
+            );
+            0
+        }
+        Err(e) => {
+            println!(
+                "{}",
+                serde_json::json!({"ok": false, "log": path.display().to_string(), "error": e.to_string()})
+            );
+            eprintln!("meetbot: audit log {} failed verification: {e}", path.display());
+            1
+        }
+    }
+}
+
+/// Bounded wait used when the process exits while blocking work (a Whisper
+/// call) is still running.
+pub const RUNTIME_SHUTDOWN: Duration = Duration::from_millis(500);

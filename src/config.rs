@@ -1,0 +1,447 @@
+//! Configuration: built-in defaults → optional file → `MEETBOT_*` environment.
+//!
+//! Raw layers are merged as TOML tables, then deserialized strictly (unknown
+//! keys are errors) and validated. Every error names the offending key and the
+//! layer it came from.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::core::lifecycle::LifecycleConfig;
+use crate::core::vad::VadConfig;
+use crate::pii::Secret;
+
+/// The built-in defaults (also the documented reference).
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Prefix of configuration environment variables; keys follow as `SECTION__KEY`.
+pub const ENV_PREFIX: &str = "MEETBOT_";
+
+/// Validated configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[bot]`
+    pub bot: BotConfig,
+    /// `[paths]`
+    pub paths: PathsConfig,
+    /// `[recording]`
+    pub recording: RecordingSection,
+    /// `[stt]`
+    pub stt: SttConfig,
+    /// `[vad]`
+    #[serde(default)]
+    pub vad: VadConfig,
+    /// `[lifecycle]`
+    pub lifecycle: LifecycleSection,
+    /// `[stt_serve]`
+    pub stt_serve: SttServeConfig,
+    /// `[log]`
+    pub log: LogConfig,
+}
+
+/// `[bot]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BotConfig {
+    /// Display name in the meeting.
+    pub name: String,
+    /// Default tenant.
+    pub tenant: String,
+}
+
+/// `[paths]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathsConfig {
+    /// Base for the relative paths below.
+    pub data_dir: PathBuf,
+    /// Encrypted spill directory.
+    pub spool_dir: PathBuf,
+    /// Local transcript store root.
+    pub transcripts_dir: PathBuf,
+    /// Audit log file.
+    pub audit_log: PathBuf,
+    /// Local key-encryption key file.
+    pub key_file: PathBuf,
+}
+
+impl PathsConfig {
+    fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.data_dir.join(p)
+        }
+    }
+    /// Resolved spool directory.
+    pub fn spool_dir(&self) -> PathBuf {
+        self.resolve(&self.spool_dir)
+    }
+    /// Resolved transcripts directory.
+    pub fn transcripts_dir(&self) -> PathBuf {
+        self.resolve(&self.transcripts_dir)
+    }
+    /// Resolved audit log path.
+    pub fn audit_log(&self) -> PathBuf {
+        self.resolve(&self.audit_log)
+    }
+    /// Resolved key file path.
+    pub fn key_file(&self) -> PathBuf {
+        self.resolve(&self.key_file)
+    }
+}
+
+/// `[recording]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordingSection {
+    /// Sealed chunks kept in memory before spilling, KiB.
+    pub memory_budget_kib: u64,
+    /// Plaintext bytes per sealed chunk, KiB.
+    pub chunk_kib: u64,
+    /// Maximum age of an uncommitted recording.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+}
+
+/// Which STT provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SttKind {
+    /// Whisper in-process.
+    Embedded,
+    /// OpenAI-compatible HTTP API.
+    Openai,
+}
+
+impl std::str::FromStr for SttKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "embedded" => Ok(SttKind::Embedded),
+            "openai" => Ok(SttKind::Openai),
+            other => Err(format!("unknown STT provider {other:?}; expected embedded or openai")),
+        }
+    }
+}
+
+/// `[stt]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SttConfig {
+    /// Provider.
+    pub provider: SttKind,
+    /// Embedded model directory.
+    pub model_dir: PathBuf,
+    /// Embedded CPU threads.
+    pub threads: usize,
+    /// OpenAI-compatible API base.
+    pub url: String,
+    /// Bearer token.
+    pub api_key: Secret<String>,
+    /// Model name for the API.
+    pub model: String,
+    /// Language.
+    pub language: String,
+    /// Per-request timeout.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Attempts per utterance.
+    pub attempts: u32,
+    /// First retry delay.
+    #[serde(with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    /// Retry delay cap.
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// Utterances transcribed at once.
+    pub concurrency: usize,
+}
+
+/// `[lifecycle]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LifecycleSection {
+    /// Admission timeout.
+    #[serde(with = "humantime_serde")]
+    pub join_timeout: Duration,
+    /// Shutdown grace.
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+    /// First commit retry delay.
+    #[serde(with = "humantime_serde")]
+    pub commit_retry_initial: Duration,
+    /// Commit retry delay cap.
+    #[serde(with = "humantime_serde")]
+    pub commit_retry_max: Duration,
+}
+
+/// `[stt_serve]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SttServeConfig {
+    /// Listen address.
+    pub listen: String,
+    /// Optional bearer token required from clients.
+    pub api_key: Secret<String>,
+    /// Engine concurrency.
+    pub max_concurrency: usize,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// Level for stderr logs.
+    pub level: String,
+}
+
+/// A configuration error, naming the key and where it came from.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    /// Loads defaults, then `file` (if any), then `MEETBOT_*__*` variables from `env`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        // The built-in file is part of the binary; failing to parse it is a bug
+        // caught by the tests.
+        let mut root: toml::Table = toml::from_str(DEFAULT_TOML)
+            .map_err(|e| ConfigError(format!("built-in defaults: {e}")))?;
+        let defaults = root.clone();
+
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError(format!("cannot read config file {}: {e}", path.display()))
+            })?;
+            let layer: toml::Table = toml::from_str(&text)
+                .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+            merge(&mut root, layer, "", &path.display().to_string())?;
+        }
+
+        let mut env_vars: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k.contains("__"))
+            .collect();
+        env_vars.sort();
+        for (name, value) in env_vars {
+            apply_env(&mut root, &defaults, &name, &value)?;
+        }
+
+        let cfg: Config = serde_path_to_error::deserialize(toml::Value::Table(root))
+            .map_err(|e| ConfigError(format!("{}: {}", e.path(), e.inner())))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: &str| Err(ConfigError(format!("{key}: {why}")));
+        if self.bot.name.trim().is_empty() || self.bot.name.chars().count() > 64 {
+            return bad("bot.name", "must be 1-64 characters");
+        }
+        if let Err(e) = crate::store::validate_id("tenant", &self.bot.tenant) {
+            return bad("bot.tenant", &e);
+        }
+        if self.recording.memory_budget_kib > 4 * 1024 * 1024 {
+            return bad("recording.memory_budget_kib", "must be at most 4194304 (4 GiB); 0 spills every chunk at once");
+        }
+        if !(1..=1024).contains(&self.recording.chunk_kib) {
+            return bad("recording.chunk_kib", "must be between 1 and 1024");
+        }
+        if self.recording.max_age < Duration::from_secs(1) {
+            return bad("recording.max_age", "must be at least 1s");
+        }
+        if self.stt.threads == 0 || self.stt.threads > 64 {
+            return bad("stt.threads", "must be between 1 and 64");
+        }
+        if self.stt.provider == SttKind::Openai && self.stt.url.trim().is_empty() {
+            return bad(
+                "stt.url",
+                "is required when stt.provider = \"openai\" (e.g. http://127.0.0.1:8799/v1; flag --stt-url)",
+            );
+        }
+        if self.stt.attempts == 0 || self.stt.attempts > 20 {
+            return bad("stt.attempts", "must be between 1 and 20");
+        }
+        if self.stt.timeout < Duration::from_millis(100) {
+            return bad("stt.timeout", "must be at least 100ms");
+        }
+        if self.stt.concurrency == 0 || self.stt.concurrency > 64 {
+            return bad("stt.concurrency", "must be between 1 and 64");
+        }
+        if self.stt.language.len() != 2 || !self.stt.language.chars().all(|c| c.is_ascii_lowercase()) {
+            return bad("stt.language", "must be a two-letter ISO 639-1 code such as \"en\"");
+        }
+        if let Err(e) = self.vad.validate() {
+            return Err(ConfigError(format!("vad.{e}")));
+        }
+        if self.lifecycle.grace < Duration::from_secs(1) {
+            return bad("lifecycle.grace", "must be at least 1s");
+        }
+        if self.lifecycle.join_timeout < Duration::from_secs(1) {
+            return bad("lifecycle.join_timeout", "must be at least 1s");
+        }
+        if self.lifecycle.commit_retry_initial.is_zero()
+            || self.lifecycle.commit_retry_max < self.lifecycle.commit_retry_initial
+        {
+            return bad(
+                "lifecycle.commit_retry_initial",
+                "must be > 0 and not above lifecycle.commit_retry_max",
+            );
+        }
+        if self.stt_serve.listen.parse::<std::net::SocketAddr>().is_err() {
+            return bad("stt_serve.listen", "must be an address like 127.0.0.1:8799");
+        }
+        if self.stt_serve.max_concurrency == 0 || self.stt_serve.max_concurrency > 64 {
+            return bad("stt_serve.max_concurrency", "must be between 1 and 64");
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return bad("log.level", "is not a valid level or filter (e.g. info, debug)");
+        }
+        Ok(())
+    }
+
+    /// The lifecycle timings.
+    pub fn lifecycle(&self) -> LifecycleConfig {
+        LifecycleConfig {
+            join_timeout: self.lifecycle.join_timeout,
+            grace: self.lifecycle.grace,
+            max_recording_age: self.recording.max_age,
+            commit_retry_initial: self.lifecycle.commit_retry_initial,
+            commit_retry_max: self.lifecycle.commit_retry_max,
+        }
+    }
+}
+
+/// Merges `layer` into `base`, refusing keys the defaults do not have.
+fn merge(base: &mut toml::Table, layer: toml::Table, prefix: &str, source: &str) -> Result<(), ConfigError> {
+    for (k, v) in layer {
+        let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(l)) => merge(b, l, &path, source)?,
+            (Some(toml::Value::Table(_)), _) => {
+                return Err(ConfigError(format!("{source}: {path} must be a table ([{path}])")))
+            }
+            (Some(slot), v) => *slot = v,
+            // Tables that are open-ended in the defaults (e.g. [vad], whose keys
+            // are checked by its own type) accept new keys.
+            (None, v) if prefix == "vad" => {
+                base.insert(k, v);
+            }
+            (None, _) => return Err(ConfigError(format!("{source}: unknown key {path}"))),
+        }
+    }
+    Ok(())
+}
+
+/// Applies `MEETBOT_SECTION__KEY=value`, typed after the default's type.
+fn apply_env(root: &mut toml::Table, defaults: &toml::Table, name: &str, raw: &str) -> Result<(), ConfigError> {
+    let rest = &name[ENV_PREFIX.len()..];
+    let parts: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
+    let [section, key] = parts.as_slice() else {
+        return Err(ConfigError(format!(
+            "environment variable {name}: expected MEETBOT_<SECTION>__<KEY>"
+        )));
+    };
+    let Some(toml::Value::Table(sec_defaults)) = defaults.get(section) else {
+        return Err(ConfigError(format!("environment variable {name}: unknown section [{section}]")));
+    };
+    let value = match sec_defaults.get(key) {
+        Some(toml::Value::String(_)) => toml::Value::String(raw.to_string()),
+        Some(toml::Value::Integer(_)) => toml::Value::Integer(raw.trim().parse().map_err(|_| {
+            ConfigError(format!("environment variable {name}: {section}.{key} must be an integer, got {raw:?}"))
+        })?),
+        Some(toml::Value::Float(_)) => toml::Value::Float(raw.trim().parse().map_err(|_| {
+            ConfigError(format!("environment variable {name}: {section}.{key} must be a number, got {raw:?}"))
+        })?),
+        Some(toml::Value::Boolean(_)) => toml::Value::Boolean(raw.trim().parse().map_err(|_| {
+            ConfigError(format!("environment variable {name}: {section}.{key} must be true or false, got {raw:?}"))
+        })?),
+        Some(_) => {
+            return Err(ConfigError(format!("environment variable {name}: {section}.{key} cannot be set from the environment")))
+        }
+        None => {
+            return Err(ConfigError(format!("environment variable {name}: unknown key {section}.{key}")))
+        }
+    };
+    // The defaults have this section as a table, and so does root (layers cannot change a table's type).
+    if let Some(toml::Value::Table(sec)) = root.get_mut(section) {
+        sec.insert(key.clone(), value);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(file: Option<&str>, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        if let Some(text) = file {
+            std::fs::write(&path, text).unwrap();
+        }
+        Config::load(
+            file.map(|_| path.as_path()),
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn defaults_load_and_validate() {
+        let c = load(None, &[]).unwrap();
+        assert_eq!(c.stt.provider, SttKind::Embedded);
+        assert_eq!(c.lifecycle.grace, Duration::from_secs(25));
+        assert_eq!(c.recording.max_age, Duration::from_secs(86400));
+        assert_eq!(c.paths.spool_dir(), PathBuf::from("meetbot-data/spool"));
+    }
+
+    #[test]
+    fn file_then_env_override_in_order() {
+        let c = load(
+            Some("[stt]\nprovider = \"openai\"\nurl = \"http://a/v1\"\n[lifecycle]\ngrace = \"5s\"\n"),
+            &[("MEETBOT_STT__URL", "http://b/v1"), ("MEETBOT_STT__THREADS", "3"), ("MEETBOT_JOB", "{}")],
+        )
+        .unwrap();
+        assert_eq!(c.stt.provider, SttKind::Openai);
+        assert_eq!(c.stt.url, "http://b/v1");
+        assert_eq!(c.stt.threads, 3);
+        assert_eq!(c.lifecycle.grace, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn errors_name_the_bad_key() {
+        let cases: &[(Option<&str>, &[(&str, &str)], &str)] = &[
+            (Some("[stt]\nprovidr = \"x\"\n"), &[], "stt.providr"),
+            (Some("[stt]\nprovider = \"whisperx\"\n"), &[], "stt.provider"),
+            (Some("[lifecycle]\ngrace = \"soon\"\n"), &[], "lifecycle.grace"),
+            (Some("[nope]\nx = 1\n"), &[], "nope"),
+            (Some("this is not toml"), &[], "c.toml"),
+            (None, &[("MEETBOT_STT__THREADS", "many")], "stt.threads"),
+            (None, &[("MEETBOT_STT__BOGUS", "1")], "stt.bogus"),
+            (None, &[("MEETBOT_NOPE__X", "1")], "[nope]"),
+            (None, &[("MEETBOT_STT__PROVIDER", "openai")], "stt.url"),
+            (None, &[("MEETBOT_STT__THREADS", "0")], "stt.threads"),
+            (None, &[("MEETBOT_BOT__TENANT", "../x")], "bot.tenant"),
+            (None, &[("MEETBOT_RECORDING__MAX_AGE", "0s")], "recording.max_age"),
+        ];
+        for (file, env, key) in cases {
+            let err = load(*file, env).unwrap_err().to_string();
+            assert!(err.contains(key), "{err:?} should name {key}");
+        }
+    }
+
+    #[test]
+    fn debug_never_shows_secrets() {
+        let c = load(None, &[("MEETBOT_STT__API_KEY", "sk-very-secret")]).unwrap();
+        assert_eq!(c.stt.api_key.expose(), "sk-very-secret");
+        assert!(!format!("{c:?}").contains("sk-very-secret"));
+    }
+}

@@ -1,0 +1,282 @@
+//! End to end: crashes, commit failures, bad input and hostile STT servers.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use meetbot::recording::{self, KeyProvider, LocalKeyFile};
+
+fn one_speaker(ws: &Workspace, pace: &str, text: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let wav = ws.path().join("solo.wav");
+    espeak("en-us", text, &wav);
+    let m = ws.manifest(&[("Solo", &wav, 0)], pace);
+    (m, wav)
+}
+
+fn fatal_with(run: &Run, needle: &str) -> serde_json::Value {
+    assert_ne!(run.code, Some(0), "{}", run.describe());
+    let last = run.last();
+    assert_eq!(last["status"], "fatal", "{}", run.describe());
+    let reason = last["reason"].as_str().unwrap_or_default().to_string();
+    assert!(reason.contains(needle), "reason {reason:?} should mention {needle:?}");
+    last
+}
+
+#[test]
+fn sigkill_mid_meeting_leaves_only_ciphertext_and_the_next_start_sweeps_it() {
+    let mut ws = Workspace::new();
+    // A tiny memory budget so sealed chunks spill to the spool within a second.
+    ws.extra_config = "[recording]\nmemory_budget_kib = 0\nchunk_kib = 1\n".into();
+    let long = "This meeting is about the quarterly roadmap. We will discuss hiring, the budget, \
+                and the customer feedback from the last release in some detail.";
+    let (m, wav) = one_speaker(&ws, "realtime", long);
+    let child = ws.spawn_join(&format!("replay:{}", m.display()), &[]);
+    // Wait until ciphertext has reached the spool.
+    let start = std::time::Instant::now();
+    loop {
+        let spilled: u64 = ws
+            .spool_files()
+            .iter()
+            .filter(|p| !p.extension().is_some_and(|e| e == "json" || e == "lock"))
+            .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+            .sum();
+        if spilled > 8_000 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "nothing spilled: {:?}", ws.spool_files());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pid = child.id();
+    assert!(Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap().success());
+    let _ = wait_with_timeout(child, Duration::from_secs(10));
+
+    // Every byte in the spool: no audio headers, no source PCM, no plaintext key.
+    let files = ws.spool_files();
+    assert!(!files.is_empty());
+    let rec_dirs: Vec<_> = std::fs::read_dir(ws.spool()).unwrap().flatten().map(|e| e.path()).collect();
+    assert_eq!(rec_dirs.len(), 1, "{rec_dirs:?}");
+    let header = recording::read_header(&rec_dirs[0]).unwrap();
+    let kek = LocalKeyFile::open_or_create(&ws.key_file()).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let dek = rt.block_on(kek.unwrap(&header.wrapped_key)).unwrap();
+    let pcm = wav_pcm(&wav);
+    for f in &files {
+        let bytes = read(f);
+        assert_no_plaintext_audio(&f.display().to_string(), &bytes, &pcm);
+        assert!(!contains(&bytes, dek.as_bytes()), "{} holds the plaintext key", f.display());
+        assert!(!contains(&bytes, hex::encode(dek.as_bytes()).as_bytes()), "{} holds the hex key", f.display());
+    }
+    // …and it is really the meeting's audio, encrypted: it decrypts to Opus packets.
+    let packets = recording::open_recording(&rec_dirs[0], &dek)
+        .unwrap()
+        .filter_map(Result::ok)
+        .count();
+    assert!(packets > 20, "{packets} packets decrypted");
+
+    // The next start sweeps it, with a receipt.
+    let (m2, _) = one_speaker(&ws, "fast", "Short.");
+    let run = ws.join(&format!("replay:{}", m2.display()), &["--meeting-id", "m2"]);
+    assert_eq!(run.code, Some(0), "{}", run.describe());
+    assert!(ws.spool_files().is_empty(), "{:?}", ws.spool_files());
+    let audit = std::fs::read_to_string(ws.audit_log()).unwrap();
+    let swept: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["receipt"]["recording_id"] == header.id.as_str())
+        .collect();
+    assert_eq!(swept.len(), 1, "{audit}");
+    assert_eq!(swept[0]["receipt"]["transcript_committed"], false);
+    assert!(swept[0]["receipt"]["reason"].as_str().unwrap().contains("orphaned"));
+}
+
+#[test]
+fn commit_failure_keeps_the_recording_encrypted_then_deletes_it_at_max_age() {
+    let mut ws = Workspace::new();
+    // The transcript store's root is a regular file: every commit fails.
+    std::fs::create_dir_all(ws.data()).unwrap();
+    std::fs::write(ws.data().join("transcripts"), b"not a directory").unwrap();
+    ws.extra_config = "[recording]\nmax_age = \"12s\"\nmemory_budget_kib = 0\nchunk_kib = 1\n\
+                       [lifecycle]\ncommit_retry_initial = \"200ms\"\ncommit_retry_max = \"1s\"\n"
+        .into();
+    let (m, wav) = one_speaker(&ws, "fast", "Please keep this recording until the store comes back.");
+    let child = ws.spawn_join(&format!("replay:{}", m.display()), &[]);
+    // While commits fail, the recording is retained, encrypted.
+    std::thread::sleep(Duration::from_secs(7));
+    let retained = ws.spool_files();
+    assert!(retained.iter().any(|p| p.metadata().map(|m| m.len()).unwrap_or(0) > 0), "{retained:?}");
+    let pcm = wav_pcm(&wav);
+    for f in &retained {
+        assert_no_plaintext_audio(&f.display().to_string(), &read(f), &pcm);
+    }
+    let run = wait_with_timeout(child, Duration::from_secs(60));
+    let last = fatal_with(&run, "maximum age");
+    assert!(run.statuses().contains(&"recording_deleted".to_string()));
+    assert!(!run.statuses().contains(&"transcript_committed".to_string()));
+    let r = &last["receipt"];
+    assert_eq!(r["transcript_committed"], false, "{last}");
+    assert!(r["reason"].as_str().unwrap().contains("not committed"), "{last}");
+    assert!(ws.spool_files().is_empty());
+    let mut verify = ws.command();
+    verify.args(["audit", "verify"]);
+    assert_eq!(Run::from(verify.output().unwrap()).code, Some(0));
+}
+
+#[test]
+fn edited_audit_entry_fails_verification() {
+    let ws = Workspace::new();
+    let (m, _) = one_speaker(&ws, "fast", "One.");
+    assert_eq!(ws.join(&format!("replay:{}", m.display()), &[]).code, Some(0));
+    let (m, _) = one_speaker(&ws, "fast", "Two.");
+    assert_eq!(ws.join(&format!("replay:{}", m.display()), &["--meeting-id", "m2"]).code, Some(0));
+    let verify = || {
+        let mut c = ws.command();
+        c.args(["audit", "verify"]);
+        Run::from(c.output().unwrap())
+    };
+    let ok = verify();
+    assert_eq!(ok.code, Some(0), "{}", ok.describe());
+    assert!(ok.stdout.contains("\"entries\":2"), "{}", ok.stdout);
+    let log = std::fs::read_to_string(ws.audit_log()).unwrap();
+    let edited = log.replacen("\"tenant\":\"acme\"", "\"tenant\":\"evil\"", 1);
+    assert_ne!(edited, log);
+    std::fs::write(ws.audit_log(), edited).unwrap();
+    let bad = verify();
+    assert_eq!(bad.code, Some(1), "{}", bad.describe());
+    assert!(bad.stdout.contains("line 1"), "{}", bad.stdout);
+}
+
+#[test]
+fn bad_input_fails_fast_with_a_clear_fatal_status() {
+    let ws = Workspace::new();
+    let d = ws.path();
+    let good = d.join("good.wav");
+    espeak("en-us", "Hello.", &good);
+    std::fs::write(d.join("junk.wav"), b"RIFF\x10\x00\x00\x00WAVEjunkjunkjunk").unwrap();
+    std::fs::write(d.join("text.wav"), b"this is not audio at all").unwrap();
+
+    let cases: Vec<(String, &str)> = vec![
+        ("zoom:https://example.invalid/j/1".into(), "unknown scheme"),
+        ("no-scheme-at-all".into(), "scheme"),
+        (format!("replay:{}", d.join("missing.json").display()), "missing.json"),
+        (format!("replay:{}", write(d, "empty.json", r#"{"participants":[]}"#).display()), "participant"),
+        (format!("replay:{}", write(d, "broken.json", r#"{"participants":[{"name":"A""#).display()), "manifest"),
+        (
+            format!("replay:{}", write(d, "unknown.json", r#"{"participants":[{"name":"A","wav":"good.wav"}],"speed":2}"#).display()),
+            "speed",
+        ),
+        (
+            format!("replay:{}", write(d, "nofile.json", r#"{"participants":[{"name":"A","wav":"nope.wav"}]}"#).display()),
+            "nope.wav",
+        ),
+        (
+            format!("replay:{}", write(d, "junk.json", r#"{"participants":[{"name":"A","wav":"junk.wav"}]}"#).display()),
+            "junk.wav",
+        ),
+        (
+            format!("replay:{}", write(d, "text.json", r#"{"participants":[{"name":"A","wav":"text.wav"}]}"#).display()),
+            "text.wav",
+        ),
+        (
+            format!(
+                "replay:{}",
+                write(d, "dup.json", r#"{"participants":[{"name":"A","wav":"good.wav"},{"name":"A","wav":"good.wav"}]}"#)
+                    .display()
+            ),
+            "name",
+        ),
+    ];
+    for (url, needle) in cases {
+        let run = ws.join(&url, &[]);
+        fatal_with(&run, needle);
+        assert!(ws.spool_files().is_empty(), "{url}: spool not empty");
+    }
+    // Bad flags and config name the key.
+    let run = ws.join(&format!("replay:{}", d.join("missing.json").display()), &["--tenant", "../etc"]);
+    fatal_with(&run, "tenant");
+    let mut c = ws.command();
+    c.env("MEETBOT_STT__THREADS", "lots").args(["join", "replay:x"]);
+    let run = Run::from(c.output().unwrap());
+    assert_eq!(run.code, Some(2));
+    assert!(run.stderr.contains("stt.threads"), "{}", run.describe());
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn corrupt_key_file_and_missing_model_are_fatal_and_named() {
+    let ws = Workspace::new();
+    let (m, _) = one_speaker(&ws, "fast", "Hello there.");
+    std::fs::create_dir_all(ws.key_file().parent().unwrap()).unwrap();
+    std::fs::write(ws.key_file(), b"short").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(ws.key_file(), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let run = ws.join(&format!("replay:{}", m.display()), &[]);
+    fatal_with(&run, "kek.key");
+    std::fs::remove_file(ws.key_file()).unwrap();
+
+    let mut c = ws.command();
+    c.env("MEETBOT_STT__MODEL_DIR", ws.path().join("no-model")).args([
+        "join",
+        &format!("replay:{}", m.display()),
+        "--meeting-id",
+        "m9",
+    ]);
+    let run = Run::from(c.output().unwrap());
+    fatal_with(&run, "no-model");
+    assert!(ws.spool_files().is_empty());
+}
+
+/// A fake OpenAI-compatible server that answers every request with HTTP 500,
+/// or accepts connections and never answers.
+fn hostile_stt_server(mode: &'static str) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            if mode == "hang" {
+                held.push(s);
+                continue;
+            }
+            let mut buf = [0u8; 65536];
+            let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+            let _ = s.read(&mut buf);
+            let body = r#"{"error":{"message":"engine exploded","type":"server_error"}}"#;
+            let _ = write!(
+                s,
+                "HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    port
+}
+
+#[test]
+fn stt_server_that_errors_or_hangs_is_fatal_bounded_and_leaves_nothing() {
+    for (mode, needle) in [("500", "500"), ("hang", "timed out")] {
+        let mut ws = Workspace::new();
+        ws.extra_config = "[stt]\ntimeout = \"1s\"\nattempts = 2\ninitial_backoff = \"100ms\"\n".into();
+        let (m, wav) = one_speaker(&ws, "fast", "Is anybody listening to this meeting?");
+        let port = hostile_stt_server(mode);
+        let url = format!("http://127.0.0.1:{port}/v1");
+        let child = ws.spawn_join(&format!("replay:{}", m.display()), &["--stt", "openai", "--stt-url", &url]);
+        let run = wait_with_timeout(child, Duration::from_secs(30));
+        let last = fatal_with(&run, needle);
+        assert_eq!(last["receipt"]["transcript_committed"], false, "{last}");
+        assert!(ws.spool_files().is_empty());
+        for f in ws.files() {
+            assert_no_plaintext_audio(&f.display().to_string(), &read(&f), &wav_pcm(&wav));
+        }
+    }
+}
