@@ -651,7 +651,8 @@ mod tests {
 
     #[test]
     fn validate_names_the_bad_field() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut VadConfig)>)> = vec![
+        type Mutate = Box<dyn Fn(&mut VadConfig)>;
+        let cases: Vec<(&str, Mutate)> = vec![
             ("threshold_db", Box::new(|c| c.threshold_db = f32::NAN)),
             ("hysteresis_db", Box::new(|c| c.hysteresis_db = 20.0)),
             (

@@ -310,16 +310,13 @@ impl MeetingPlatform for ReplayPlatform {
         if !send(&events, &leave, PlatformEvent::Admitted).await {
             return Ok(());
         }
-        loop {
-            // The participant with the earliest next event (ties: manifest order).
-            let Some((i, _)) = slots
-                .iter()
-                .enumerate()
-                .filter_map(|(i, s)| s.next_ms().map(|t| (i, t)))
-                .min_by_key(|&(i, t)| (t, i))
-            else {
-                break;
-            };
+        // Always the participant with the earliest next event (ties: manifest order).
+        while let Some((i, _)) = slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.next_ms().map(|t| (i, t)))
+            .min_by_key(|&(i, t)| (t, i))
+        {
             let slot = &mut slots[i];
             if slot.phase == Phase::Streaming && slot.queue.is_empty() {
                 if let Some(stream) = slot.stream.take() {
