@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod bench;
 pub mod core;
 pub mod pii;
 pub mod platform;

@@ -1,1 +1,523 @@
-//! TODO
+//! One participant's audio path: Opus packets in, utterances out.
+//!
+//! ```text
+//! OpusPacket ─▶ loss/jitter handling ─▶ Opus decode (48 kHz mono)
+//!            ─▶ Decimator48To16 ─▶ Vad ─▶ Utterance (meeting clock)
+//! ```
+//!
+//! Sans-IO: no clock is read; time comes from [`OpusPacket::at_ms`]. The first
+//! packet fixes where the participant's stream sits on the meeting clock; after
+//! that the stream is kept aligned to `at_ms`:
+//!
+//! * a packet whose sequence number is not newer than the last one (duplicate
+//!   or late) is dropped;
+//! * a hole of up to [`MAX_PLC_MS`] where packets are missing is filled with
+//!   Opus packet-loss concealment, sized from the last packet's duration;
+//! * a longer hole, or one without missing sequence numbers (DTX, a muted
+//!   sender), becomes silence that the VAD never takes for speech, at a cost
+//!   that does not grow with the hole's length;
+//! * a payload the decoder rejects is concealed like a lost packet;
+//! * a packet due more than [`MAX_AHEAD_MS`] before the end of the audio
+//!   already produced is skipped (junk that decoded to long frames), so the
+//!   stream never drifts ahead of the meeting clock.
+//!
+//! Plaintext audio lives only in bounded buffers: one packet of decode scratch
+//! and the VAD's utterance buffer (at most `max_utterance`).
+
+use tracing::{debug, trace};
+
+use crate::core::media::{OpusPacket, ParticipantId, Utterance};
+use crate::core::resample::Decimator48To16;
+use crate::core::vad::{Vad, VadConfig, VadSegment};
+
+/// Opus decode rate.
+const RATE_48K: u64 = 48_000;
+/// Samples per ms at 48 kHz.
+const PER_MS_48K: u64 = RATE_48K / 1000;
+/// Samples per ms at 16 kHz.
+const PER_MS_16K: u64 = 16;
+/// Longest Opus packet, 120 ms at 48 kHz: the decode scratch size.
+const MAX_PACKET_SAMPLES: usize = 5_760;
+/// Opus conceals in multiples of 2.5 ms.
+const PLC_QUANTUM: u64 = 120;
+/// Longest hole filled by concealment rather than silence, ms.
+pub const MAX_PLC_MS: u64 = 120;
+/// How far the stream may run ahead of a packet's `at_ms` before that packet
+/// is skipped, ms.
+pub const MAX_AHEAD_MS: u64 = 100;
+/// Lateness of `at_ms` tolerated without inserting anything (clock jitter), in
+/// 48 kHz samples (2.5 ms).
+const JITTER_TOLERANCE: u64 = PLC_QUANTUM;
+
+/// Why a pipeline cannot be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AudioError {
+    /// The VAD settings are invalid.
+    #[error("invalid VAD settings: {0}")]
+    Config(String),
+    /// libopus refused to create a decoder.
+    #[error("cannot create Opus decoder: {0}")]
+    Decoder(String),
+}
+
+/// Counters for one participant's stream (no audio content).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PipelineStats {
+    /// Packets decoded.
+    pub decoded: u64,
+    /// Duplicate or late packets dropped.
+    pub dropped: u64,
+    /// Payloads the decoder rejected (concealed instead).
+    pub corrupt: u64,
+    /// 48 kHz samples produced by loss concealment.
+    pub concealed_samples: u64,
+    /// 48 kHz samples of silence inserted for holes.
+    pub silence_samples: u64,
+}
+
+/// Decode → 16 kHz → VAD for one participant.
+pub struct ParticipantPipeline {
+    id: ParticipantId,
+    decoder: opus::Decoder,
+    decimator: Decimator48To16,
+    vad: Vad,
+    /// Decode scratch (48 kHz).
+    pcm48: Vec<f32>,
+    /// Decimated scratch (16 kHz).
+    pcm16: Vec<f32>,
+    /// VAD output scratch.
+    segments: Vec<VadSegment>,
+    /// Meeting-clock ms of stream sample 0; set by the first packet.
+    origin_ms: Option<u64>,
+    /// 48 kHz samples in the stream so far (decoded, concealed or silent).
+    samples48: u64,
+    last_seq: u16,
+    /// Duration of the last decoded packet, 48 kHz samples.
+    last_duration: usize,
+    stats: PipelineStats,
+}
+
+impl std::fmt::Debug for ParticipantPipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ParticipantPipeline")
+            .field("id", &self.id)
+            .field("origin_ms", &self.origin_ms)
+            .field("samples48", &self.samples48)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ParticipantPipeline {
+    /// A pipeline for participant `id`.
+    pub fn new(id: ParticipantId, vad: &VadConfig) -> Result<Self, AudioError> {
+        let vad = Vad::new(vad).map_err(AudioError::Config)?;
+        let decoder = opus::Decoder::new(48_000, opus::Channels::Mono)
+            .map_err(|e| AudioError::Decoder(e.to_string()))?;
+        Ok(ParticipantPipeline {
+            id,
+            decoder,
+            decimator: Decimator48To16::new(),
+            vad,
+            pcm48: vec![0.0; MAX_PACKET_SAMPLES],
+            pcm16: Vec::with_capacity(MAX_PACKET_SAMPLES / 3 + 1),
+            segments: Vec::new(),
+            origin_ms: None,
+            samples48: 0,
+            last_seq: 0,
+            last_duration: 960,
+            stats: PipelineStats::default(),
+        })
+    }
+
+    /// The participant.
+    pub fn id(&self) -> &ParticipantId {
+        &self.id
+    }
+
+    /// Meeting-clock time (ms) just after the audio processed so far; `None`
+    /// before the first packet.
+    pub fn stream_end_ms(&self) -> Option<u64> {
+        self.origin_ms
+            .map(|o| o.saturating_add(self.samples48 / PER_MS_48K))
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> PipelineStats {
+        self.stats
+    }
+
+    /// Takes one packet; returns the utterances it completed (usually none).
+    pub fn push(&mut self, packet: &OpusPacket) -> Vec<Utterance> {
+        match self.origin_ms {
+            None => self.origin_ms = Some(packet.at_ms),
+            Some(origin) => {
+                let ahead = packet.seq.wrapping_sub(self.last_seq);
+                if ahead == 0 || ahead >= 0x8000 {
+                    self.stats.dropped += 1;
+                    trace!(participant = %self.id, seq = packet.seq, "Dropped duplicate or late packet.");
+                    return Vec::new();
+                }
+                let lost_packets = ahead > 1;
+                let expected = origin
+                    .saturating_mul(PER_MS_48K)
+                    .saturating_add(self.samples48);
+                let due = packet.at_ms.saturating_mul(PER_MS_48K);
+                if expected > due.saturating_add(MAX_AHEAD_MS * PER_MS_48K) {
+                    // Earlier packets decoded to more audio than their slots
+                    // (junk that parsed as long frames): skip this one so the
+                    // stream cannot drift ahead of the meeting clock.
+                    self.stats.dropped += 1;
+                    self.last_seq = packet.seq;
+                    trace!(participant = %self.id, seq = packet.seq, "Dropped packet: stream ahead of its timestamp.");
+                    return Vec::new();
+                }
+                let hole = due.saturating_sub(expected);
+                if hole > JITTER_TOLERANCE {
+                    self.fill_hole(hole, lost_packets);
+                } else if lost_packets {
+                    trace!(participant = %self.id, seq = packet.seq, "Sequence gap without a time gap.");
+                }
+            }
+        }
+        self.last_seq = packet.seq;
+        self.decode(&packet.payload);
+        self.take_utterances()
+    }
+
+    /// Ends the stream: the utterance in progress, if it is long enough.
+    pub fn finish(&mut self) -> Option<Utterance> {
+        let seg = self.vad.finish()?;
+        Some(self.utterance(seg))
+    }
+
+    /// Fills `hole` 48 kHz samples before the next packet: concealment for a
+    /// short loss, silence otherwise.
+    fn fill_hole(&mut self, hole: u64, lost_packets: bool) {
+        let mut silence = hole;
+        if lost_packets && hole <= MAX_PLC_MS * PER_MS_48K {
+            let mut conceal = hole / PLC_QUANTUM * PLC_QUANTUM;
+            silence = hole - conceal;
+            while conceal > 0 {
+                // Both bounds are at most MAX_PACKET_SAMPLES, so the cast is exact.
+                let n = conceal.min(self.last_duration as u64) as usize;
+                if !self.conceal(n) {
+                    silence += conceal;
+                    break;
+                }
+                conceal -= n as u64;
+            }
+        }
+        if silence > 0 {
+            debug!(participant = %self.id, ms = silence / PER_MS_48K, "Inserting silence for a gap.");
+            self.stats.silence_samples = self.stats.silence_samples.saturating_add(silence);
+            self.samples48 = self.samples48.saturating_add(silence);
+            // Gaps are whole ms or 2.5 ms quanta, so multiples of 3 samples at
+            // 48 kHz: the 16 kHz position stays exactly a third.
+            self.vad.push_gap(silence / 3, &mut self.segments);
+        }
+    }
+
+    /// Packet-loss concealment of `n` samples (a multiple of 2.5 ms, ≤ 120 ms).
+    /// False if the decoder refused.
+    fn conceal(&mut self, n: usize) -> bool {
+        match self.decoder.decode_float(&[], &mut self.pcm48[..n], false) {
+            Ok(got) if got > 0 => {
+                self.stats.concealed_samples += got as u64;
+                self.feed(got);
+                true
+            }
+            Ok(_) => false,
+            Err(e) => {
+                debug!(participant = %self.id, error = %e, "Loss concealment failed.");
+                false
+            }
+        }
+    }
+
+    /// Decodes one payload, concealing it if it is empty or corrupt.
+    fn decode(&mut self, payload: &[u8]) {
+        if !payload.is_empty() {
+            match self.decoder.decode_float(payload, &mut self.pcm48, false) {
+                Ok(n) if n > 0 => {
+                    self.stats.decoded += 1;
+                    self.last_duration = n.clamp(PLC_QUANTUM as usize, MAX_PACKET_SAMPLES);
+                    self.feed(n);
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.stats.corrupt += 1;
+                    debug!(participant = %self.id, error = %e, "Undecodable Opus payload; concealing it.");
+                }
+            }
+        }
+        let n = self.last_duration;
+        if !self.conceal(n) {
+            // Even concealment failed: keep the clock with silence.
+            self.stats.silence_samples = self.stats.silence_samples.saturating_add(n as u64);
+            self.samples48 = self.samples48.saturating_add(n as u64);
+            self.vad.push_gap(n as u64 / 3, &mut self.segments);
+        }
+    }
+
+    /// Runs `pcm48[..n]` through the decimator and the VAD.
+    fn feed(&mut self, n: usize) {
+        self.samples48 = self.samples48.saturating_add(n as u64);
+        self.pcm16.clear();
+        self.decimator.process(&self.pcm48[..n], &mut self.pcm16);
+        self.vad.push(&self.pcm16, &mut self.segments);
+    }
+
+    fn take_utterances(&mut self) -> Vec<Utterance> {
+        if self.segments.is_empty() {
+            return Vec::new();
+        }
+        let segs = std::mem::take(&mut self.segments);
+        segs.into_iter().map(|s| self.utterance(s)).collect()
+    }
+
+    fn utterance(&self, seg: VadSegment) -> Utterance {
+        let origin = self.origin_ms.unwrap_or(0);
+        Utterance {
+            participant: self.id.clone(),
+            start_ms: origin.saturating_add(seg.start_sample / PER_MS_16K),
+            end_ms: origin.saturating_add(seg.end_sample() / PER_MS_16K),
+            samples: seg.samples,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::vad::testutil::{espeak_48k, noise};
+
+    /// Encodes 48 kHz mono audio into 20 ms packets starting at `at_ms`.
+    fn encode(audio: &[f32], at_ms: u64, seq0: u16) -> Vec<OpusPacket> {
+        let mut enc = opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip)
+            .expect("encoder");
+        enc.set_bitrate(opus::Bitrate::Bits(32_000))
+            .expect("bitrate");
+        let mut out = [0u8; 1500];
+        audio
+            .chunks(960)
+            .enumerate()
+            .map(|(i, chunk)| {
+                let mut frame = [0.0f32; 960];
+                frame[..chunk.len()].copy_from_slice(chunk);
+                let n = enc.encode_float(&frame, &mut out).expect("encode");
+                OpusPacket {
+                    seq: seq0.wrapping_add(i as u16),
+                    at_ms: at_ms + 20 * i as u64,
+                    payload: bytes::Bytes::copy_from_slice(&out[..n]),
+                }
+            })
+            .collect()
+    }
+
+    /// 1 s of quiet hiss, the sentence, 1.5 s of hiss (48 kHz); returns the
+    /// audio and where the speech really starts and ends (first and last
+    /// sample above −34 dBFS), in ms.
+    fn clip(dir: &std::path::Path) -> (Vec<f32>, u64, u64) {
+        let speech = espeak_48k(dir, "s", "Good morning everyone, let us begin the review.");
+        let mut audio = vec![0.0; 48_000];
+        audio.extend(&speech);
+        audio.extend(vec![0.0; 72_000]);
+        let hiss = noise(audio.len(), 0.001, 11);
+        for (s, n) in audio.iter_mut().zip(hiss) {
+            *s += n;
+        }
+        let loud = |s: &f32| s.abs() > 0.02;
+        let first = audio.iter().position(loud).expect("speech present") as u64;
+        let last = audio.iter().rposition(loud).expect("speech present") as u64;
+        (audio, first / 48, last / 48)
+    }
+
+    fn run(p: &mut ParticipantPipeline, packets: &[OpusPacket]) -> Vec<Utterance> {
+        let mut out = Vec::new();
+        for pk in packets {
+            out.extend(p.push(pk));
+        }
+        out.extend(p.finish());
+        out
+    }
+
+    fn pipeline() -> ParticipantPipeline {
+        ParticipantPipeline::new(ParticipantId("p1".into()), &VadConfig::default())
+            .expect("pipeline")
+    }
+
+    /// The utterance starts within the pre-roll (240 ms) before the speech
+    /// and ends within the post-roll (200 ms) after it, give or take a frame
+    /// or two of detection.
+    fn assert_near(u: &Utterance, start: u64, end: u64) {
+        assert!(
+            u.start_ms + 300 >= start && u.start_ms <= start,
+            "start {} vs {start}",
+            u.start_ms
+        );
+        assert!(
+            u.end_ms + 100 >= end && u.end_ms <= end + 300,
+            "end {} vs {end}",
+            u.end_ms
+        );
+        let dur = u.samples.len() as u64 / 16;
+        assert!(dur.abs_diff(u.end_ms - u.start_ms) <= 1);
+    }
+
+    #[test]
+    fn espeak_clip_yields_one_utterance_on_the_meeting_clock() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (audio, s, e) = clip(dir.path());
+        let offset = 12_340; // the participant's stream starts here on the meeting clock
+        let packets = encode(&audio, offset, 65_500); // sequence numbers wrap
+        let mut p = pipeline();
+        let us = run(&mut p, &packets);
+        assert_eq!(us.len(), 1, "{us:?}");
+        eprintln!("speech {s}..{e} ms, utterance {:?}", us[0]);
+        assert_eq!(us[0].participant, ParticipantId("p1".into()));
+        assert_near(&us[0], offset + s, offset + e);
+        assert_eq!(p.stats().decoded, packets.len() as u64);
+        assert_eq!(p.stats().dropped, 0);
+    }
+
+    #[test]
+    fn lost_packets_are_concealed_and_the_clock_holds() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (audio, s, e) = clip(dir.path());
+        let mut packets = encode(&audio, 0, 0);
+        // Lose every 7th packet and a burst of 4 in the middle of the speech.
+        let mid = (s + e) / 2 / 20;
+        packets = packets
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| i % 7 != 3 && !(mid as usize..mid as usize + 4).contains(i))
+            .map(|(_, p)| p)
+            .collect();
+        let mut p = pipeline();
+        let us = run(&mut p, &packets);
+        assert_eq!(us.len(), 1, "{us:?}");
+        assert_near(&us[0], s, e);
+        assert!(p.stats().concealed_samples >= 960 * 10);
+        assert_eq!(p.stats().silence_samples, 0);
+    }
+
+    #[test]
+    fn long_gap_becomes_silence_and_timestamps_follow_at_ms() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (audio, s, e) = clip(dir.path());
+        let first = encode(&audio, 0, 100);
+        let n = first.len() as u16;
+        // The same speech again after 10 minutes without packets (muted, DTX).
+        let later_at = 600_000;
+        let second = encode(&audio, later_at, 100 + n);
+        let mut p = pipeline();
+        let mut all = first.clone();
+        all.extend(second);
+        let us = run(&mut p, &all);
+        assert_eq!(us.len(), 2, "{us:?}");
+        assert_near(&us[0], s, e);
+        assert_near(&us[1], later_at + s, later_at + e);
+        assert!(p.stats().silence_samples > 500 * 48_000);
+    }
+
+    #[test]
+    fn duplicates_and_late_packets_are_dropped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (audio, s, e) = clip(dir.path());
+        let packets = encode(&audio, 0, 40);
+        let mut shuffled = Vec::new();
+        for (i, pk) in packets.iter().enumerate() {
+            shuffled.push(pk.clone());
+            if i % 5 == 0 {
+                shuffled.push(pk.clone()); // duplicate
+            }
+            if i >= 10 && i % 9 == 0 {
+                shuffled.push(packets[i - 3].clone()); // late
+            }
+        }
+        let mut p = pipeline();
+        let us = run(&mut p, &shuffled);
+        assert_eq!(us.len(), 1);
+        assert_near(&us[0], s, e);
+        assert_eq!(p.stats().dropped as usize, shuffled.len() - packets.len());
+        assert_eq!(p.stats().decoded as usize, packets.len());
+    }
+
+    #[test]
+    fn garbage_payloads_never_panic_and_keep_the_clock() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (audio, s, e) = clip(dir.path());
+        let mut packets = encode(&audio, 0, 0);
+        let junk = noise(4000, 1.0, 99);
+        for (i, pk) in packets.iter_mut().enumerate() {
+            match i % 11 {
+                // Random bytes: libopus often decodes these as (loud) audio of any frame size.
+                5 => {
+                    let len = (i * 37) % 1400;
+                    let bytes: Vec<u8> = junk[..len]
+                        .iter()
+                        .map(|v| (v * 127.0) as i8 as u8)
+                        .collect();
+                    pk.payload = bytes::Bytes::from(bytes);
+                }
+                // Malformed: code-3 TOC announcing 63 frames in 3 bytes.
+                8 => pk.payload = bytes::Bytes::from_static(&[0x03, 0xFF, 0x00]),
+                _ => {}
+            }
+        }
+        let last_at = packets.last().map(|p| p.at_ms).unwrap_or(0);
+        let mut p = pipeline();
+        let us = run(&mut p, &packets);
+        assert!(!us.is_empty());
+        // Junk can sound like speech, so only the start is pinned down.
+        assert!(us[0].start_ms + 300 >= s && us[0].start_ms <= s, "{us:?}");
+        assert!(us.iter().map(|u| u.end_ms).max().unwrap_or(0) + 100 >= e);
+        assert!(p.stats().corrupt > 0);
+        // The stream stays on the meeting clock despite junk of odd durations.
+        let end = p.stream_end_ms().expect("started");
+        assert!(
+            end.abs_diff(last_at + 20) <= MAX_AHEAD_MS + 120,
+            "{end} vs {last_at}"
+        );
+
+        // Pure junk from the first packet on, including odd sizes, is survivable.
+        let mut q = pipeline();
+        for i in 0..300u16 {
+            let len = usize::from(i) * 13 % 2000;
+            let bytes: Vec<u8> = (0..len).map(|j| (j * 31 + usize::from(i)) as u8).collect();
+            let _ = q.push(&OpusPacket {
+                seq: i,
+                at_ms: u64::from(i) * 20,
+                payload: bytes::Bytes::from(bytes),
+            });
+        }
+        let end = q.stream_end_ms().expect("started");
+        assert!(end.abs_diff(300 * 20) <= MAX_AHEAD_MS + 120, "{end}");
+        let _ = q.finish();
+        // Absurd timestamps do not overflow.
+        let _ = q.push(&OpusPacket {
+            seq: 300,
+            at_ms: u64::MAX,
+            payload: bytes::Bytes::new(),
+        });
+        let _ = q.push(&OpusPacket {
+            seq: 301,
+            at_ms: u64::MAX,
+            payload: bytes::Bytes::new(),
+        });
+        let _ = q.finish();
+    }
+
+    #[test]
+    fn invalid_vad_config_is_an_error() {
+        let cfg = VadConfig {
+            threshold_db: -1.0,
+            ..VadConfig::default()
+        };
+        let err = ParticipantPipeline::new(ParticipantId("x".into()), &cfg).expect_err("invalid");
+        assert!(err.to_string().contains("threshold_db"), "{err}");
+    }
+}
