@@ -108,7 +108,9 @@ pub fn open(url: &Pii<String>) -> Result<Box<dyn MeetingPlatform>, PlatformError
         ));
     };
     match scheme {
-        "replay" => Ok(Box::new(replay::ReplayPlatform::open(std::path::Path::new(rest))?)),
+        "replay" => Ok(Box::new(replay::ReplayPlatform::open(
+            std::path::Path::new(rest),
+        )?)),
         other => Err(PlatformError::InvalidUrl(format!(
             "unknown scheme {:?}; supported: replay",
             truncate(other, 32)
