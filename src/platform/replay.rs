@@ -1138,4 +1138,61 @@ mod tests {
             );
         }
     }
+
+    /// Peak memory of a 10-participant replay feeding the live pipelines:
+    /// `cargo test --release --lib replay::tests::memory -- --ignored --nocapture`.
+    #[tokio::test]
+    #[ignore = "measurement; prints the process's peak RSS"]
+    async fn memory_of_ten_participant_replay() {
+        fn hwm_kib() -> u64 {
+            std::fs::read_to_string("/proc/self/status")
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find(|l| l.starts_with("VmHWM:"))
+                        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+                })
+                .unwrap_or(0)
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        let mut entries = Vec::new();
+        for i in 0..10 {
+            let name = format!("p{i}.wav");
+            tone_wav(d, &name, 2, 44_100, 44_100 * 120); // 2 min stereo each
+            entries.push(format!(
+                r#"{{"name":"n{i}","wav":"{name}","offset_ms":{}}}"#,
+                i * 1000
+            ));
+        }
+        let m = manifest(
+            d,
+            &format!(
+                r#"{{"participants":[{}],"pace":"fast"}}"#,
+                entries.join(",")
+            ),
+        );
+        let before = hwm_kib();
+        let p = ReplayPlatform::open(&m).expect("valid");
+        let (tx, mut rx) = mpsc::channel(64);
+        let task = tokio::spawn(Box::new(p).run(tx, CancellationToken::new()));
+        let mut pipes: std::collections::BTreeMap<ParticipantId, ParticipantPipeline> =
+            Default::default();
+        let mut packets = 0u64;
+        while let Some(ev) = rx.recv().await {
+            if let PlatformEvent::Audio { id, packet } = ev {
+                packets += 1;
+                let p = pipes.entry(id.clone()).or_insert_with(|| {
+                    ParticipantPipeline::new(id, &VadConfig::default()).expect("pipeline")
+                });
+                let _ = p.push(&packet);
+            }
+        }
+        task.await.expect("task").expect("ok");
+        println!(
+            "{packets} packets; peak RSS {} KiB before the replay, {} KiB after",
+            before,
+            hwm_kib()
+        );
+    }
 }
