@@ -350,6 +350,7 @@ impl Vad {
         }
         whole = whole.saturating_sub(walk);
         if whole > 0 {
+            // Walking `end_frames` silent frames has ended any utterance.
             debug_assert!(!self.in_speech());
             self.buf.clear();
             self.frames.clear();
