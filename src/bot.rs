@@ -18,7 +18,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::audit::{AuditLog, DeletionReceipt};
+use crate::audit::{AuditLog, DeletionReceipt, TranscriptOutcome};
 use crate::core::audio::ParticipantPipeline;
 use crate::core::lifecycle::{Input, Lifecycle, LifecycleConfig, Output, Status};
 use crate::core::media::{ParticipantId, Utterance};
@@ -80,27 +80,21 @@ pub fn sweep_spool(cfg: &RecordingConfig, audit: &AuditLog) -> anyhow::Result<us
     if !cfg.spool_dir.exists() {
         return Ok(0);
     }
-    let reports = recording::sweep_orphans(&cfg.spool_dir)?;
-    let n = reports.len();
-    for r in reports {
-        let receipt = DeletionReceipt {
-            recording_id: r.recording_id,
-            meeting_id: r.meeting_id,
-            tenant: r.tenant,
-            chunk_count: r.chunks,
-            ciphertext_bytes: r.ciphertext_bytes,
-            manifest_sha256: r.manifest_sha256,
-            transcript_committed: false,
-            transcript_sha256: None,
-            transcript_location: None,
-            reason: Some(
-                "orphaned recording: its process ended before committing a transcript; swept at the next start"
+    let report = recording::sweep_orphans(&cfg.spool_dir)?;
+    let n = report.destroyed.len();
+    for r in &report.destroyed {
+        let receipt = DeletionReceipt::new(
+            r,
+            TranscriptOutcome::NotCommitted {
+                reason: "orphaned recording: its process ended before committing a transcript; swept at the next start"
                     .into(),
-            ),
-            deleted_at: status::now_rfc3339(),
-            method: r.method,
-        };
+            },
+            std::time::SystemTime::now(),
+        );
         audit.append(&receipt)?;
+    }
+    for f in &report.failed {
+        error!(recording_id = %f.recording_id, error = %f.error, "Could not sweep an orphaned recording: operator action needed.");
     }
     if n > 0 {
         warn!(recordings = n, "Swept orphaned encrypted recordings left by a previous run.");

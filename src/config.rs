@@ -330,11 +330,6 @@ fn merge(base: &mut toml::Table, layer: toml::Table, prefix: &str, source: &str)
                 return Err(ConfigError(format!("{source}: {path} must be a table ([{path}])")))
             }
             (Some(slot), v) => *slot = v,
-            // Tables that are open-ended in the defaults (e.g. [vad], whose keys
-            // are checked by its own type) accept new keys.
-            (None, v) if prefix == "vad" => {
-                base.insert(k, v);
-            }
             (None, _) => return Err(ConfigError(format!("{source}: unknown key {path}"))),
         }
     }

@@ -7,10 +7,15 @@
 
 pub mod audit;
 pub mod bench;
+pub mod benchcmd;
+pub mod bot;
+pub mod cli;
+pub mod config;
 pub mod core;
 pub mod pii;
 pub mod platform;
 pub mod recording;
+pub mod status;
 pub mod store;
 pub mod stt;
 pub mod transcript;
