@@ -120,7 +120,7 @@ pub async fn run(
 ) -> Outcome {
     let started_at = status::now_rfc3339();
     let mut lc = Lifecycle::new(comps.lifecycle.clone(), Instant::now());
-    let mut line = |status: &'static str,
+    let line = |status: &'static str,
                     recording_id: Option<String>,
                     reason: Option<String>,
                     transcript: Option<TranscriptInfo>,
@@ -175,7 +175,7 @@ pub async fn run(
         None;
     let mut receipt_info: Option<ReceiptInfo> = None;
     let mut inputs: Vec<Input> = Vec::new();
-    let mut success = false;
+    let success;
 
     let submit = |utt: Utterance,
                   tasks: &mut JoinSet<()>,

@@ -73,7 +73,11 @@ fn check_two_speaker_transcript(run: &Run, max_wer: f64) {
     let segs = t["segments"].as_array().unwrap();
     let order: Vec<&str> = segs.iter().map(|s| s["speaker"].as_str().unwrap()).collect();
     let first_guest = order.iter().position(|s| *s == "Guest").unwrap();
-    assert!(order[..first_guest].contains(&"Host") && order[first_guest..].contains(&"Host"), "{order:?}");
+    assert!(
+        order[..first_guest].contains(&"Host") && order[first_guest..].contains(&"Host"),
+        "{order:?}\n{}",
+        serde_json::to_string_pretty(&t).unwrap()
+    );
     let starts: Vec<u64> = segs.iter().map(|s| s["start_ms"].as_u64().unwrap()).collect();
     assert!(starts.windows(2).all(|w| w[0] <= w[1]), "{starts:?}");
     // The receipt on the last line matches the committed transcript and the audit log verifies.

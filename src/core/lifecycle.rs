@@ -594,11 +594,14 @@ mod tests {
         });
         s.input(Input::TranscriptionDrained);
         // Every commit attempt fails; the machine keeps retrying, never deleting early.
-        for _ in 0..200 {
+        let mut seen = 0;
+        for _ in 0..2000 {
             if s.lc.is_finished() || s.count(is_delete) > 0 {
                 break;
             }
-            if s.log.last() == Some(&Output::Commit) {
+            let fresh: Vec<Output> = s.log[seen..].to_vec();
+            seen = s.log.len();
+            if fresh.contains(&Output::Commit) {
                 s.input(Input::CommitFailed {
                     reason: "disk unavailable".into(),
                     retryable: true,
@@ -810,18 +813,27 @@ mod tests {
                 s.input(inputs[i].clone());
             }
             // Let everything play out: finish transcription, fail commits, and time passes.
-            for _ in 0..200 {
+            let mut seen = 0;
+            for _ in 0..500 {
                 if s.lc.is_finished() {
                     break;
                 }
-                match s.log.last().cloned() {
-                    Some(Output::FinishTranscription) => s.input(Input::TranscriptionDrained),
-                    Some(Output::Commit) => s.input(Input::CommitFailed {
-                        reason: "c".into(),
-                        retryable: true,
-                    }),
-                    Some(Output::DeleteRecording { .. }) => s.input(Input::RecordingDeleted),
-                    _ => s.advance(Duration::from_secs(3600)),
+                let fresh: Vec<Output> = s.log[seen..].to_vec();
+                seen = s.log.len();
+                if fresh.is_empty() {
+                    s.advance(Duration::from_secs(3600));
+                    continue;
+                }
+                for o in fresh {
+                    match o {
+                        Output::FinishTranscription => s.input(Input::TranscriptionDrained),
+                        Output::Commit => s.input(Input::CommitFailed {
+                            reason: "c".into(),
+                            retryable: true,
+                        }),
+                        Output::DeleteRecording { .. } => s.input(Input::RecordingDeleted),
+                        _ => {}
+                    }
                 }
             }
             assert!(s.lc.is_finished(), "{seq:?} did not finish");

@@ -113,9 +113,13 @@ impl ReplayPlatform {
     /// format, non-empty), so that a bad replay fails before anything is
     /// recorded.
     pub fn open(manifest: &Path) -> Result<Self, PlatformError> {
+        let name = manifest
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "(no file name)".into());
         let bad = |msg: String| PlatformError::Replay(msg);
         let meta = std::fs::metadata(manifest)
-            .map_err(|e| bad(format!("cannot read the manifest: {e}")))?;
+            .map_err(|e| bad(format!("cannot read the manifest {name}: {e}")))?;
         if !meta.is_file() {
             return Err(bad("the manifest is not a file".into()));
         }
@@ -126,7 +130,7 @@ impl ReplayPlatform {
             )));
         }
         let raw =
-            std::fs::read(manifest).map_err(|e| bad(format!("cannot read the manifest: {e}")))?;
+            std::fs::read(manifest).map_err(|e| bad(format!("cannot read the manifest {name}: {e}")))?;
         let m: Manifest =
             serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(&raw))
                 .map_err(|e| {

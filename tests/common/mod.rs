@@ -83,9 +83,8 @@ impl Workspace {
     pub fn config(&self) -> PathBuf {
         let p = self.path().join("meetbot.toml");
         let text = format!(
-            "[paths]\ndata_dir = {:?}\n[stt]\nmodel_dir = {:?}\n{}\n",
+            "[paths]\ndata_dir = {:?}\n{}\n",
             self.data().display().to_string(),
-            model_dir().display().to_string(),
             self.extra_config
         );
         std::fs::write(&p, text).unwrap();
@@ -105,18 +104,29 @@ impl Workspace {
         let mut c = Command::new(BIN);
         c.arg("--config").arg(self.config());
         c.env_remove("RUST_LOG");
+        c.env("MEETBOT_STT__MODEL_DIR", model_dir());
         c.current_dir(self.path());
         c
     }
-    pub fn join(&self, url: &str, extra: &[&str]) -> Run {
+    /// `meetbot join URL --tenant acme --meeting-id m1 EXTRA…` (EXTRA may set its own meeting id).
+    fn join_command(&self, url: &str, extra: &[&str]) -> Command {
         let mut c = self.command();
-        c.args(["join", url, "--tenant", "acme", "--meeting-id", "m1"]).args(extra);
-        Run::from(c.output().unwrap())
+        c.args(["join", url]);
+        if !extra.contains(&"--tenant") {
+            c.args(["--tenant", "acme"]);
+        }
+        if !extra.contains(&"--meeting-id") {
+            c.args(["--meeting-id", "m1"]);
+        }
+        c.args(extra);
+        c
+    }
+    pub fn join(&self, url: &str, extra: &[&str]) -> Run {
+        Run::from(self.join_command(url, extra).output().unwrap())
     }
     pub fn spawn_join(&self, url: &str, extra: &[&str]) -> Child {
-        let mut c = self.command();
-        c.args(["join", url, "--tenant", "acme", "--meeting-id", "m1"])
-            .args(extra)
+        let mut c = self.join_command(url, extra);
+        c
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         c.spawn().unwrap()
@@ -125,9 +135,18 @@ impl Workspace {
     pub fn files(&self) -> Vec<PathBuf> {
         walk(&self.data())
     }
-    /// Spool files (recursively).
+    /// Spool files (recursively), except the spool's own empty lock file.
     pub fn spool_files(&self) -> Vec<PathBuf> {
         walk(&self.spool())
+            .into_iter()
+            .filter(|p| !(p.parent() == Some(self.spool().as_path()) && p.ends_with(".lock") && read(p).is_empty()))
+            .collect()
+    }
+    /// Recording directories in the spool.
+    pub fn recording_dirs(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(self.spool())
+            .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect())
+            .unwrap_or_default()
     }
 }
 
