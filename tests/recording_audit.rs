@@ -240,6 +240,29 @@ fn concurrent_appenders_keep_one_chain() {
 }
 
 #[test]
+fn threads_sharing_one_handle_keep_one_chain() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("audit.jsonl");
+    let log = Arc::new(AuditLog::open(&path).unwrap());
+    let barrier = Arc::new(Barrier::new(4));
+    let handles: Vec<_> = (0..4u64)
+        .map(|w| {
+            let (log, barrier) = (log.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                for i in 0..25 {
+                    log.append(&receipt(w * 1000 + i)).unwrap();
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert_eq!(verify(&path).unwrap().entries, 100);
+}
+
+#[test]
 fn missing_log_is_an_io_error() {
     let tmp = tempfile::tempdir().unwrap();
     let err = verify(&tmp.path().join("none.jsonl")).expect_err("missing");

@@ -937,7 +937,10 @@ impl<'a> Packets<'a> {
                 }
                 Err(problem) => {
                     return Err(RecordingError::Corrupt {
-                        path: PathBuf::from(format!("<chunk {}>", self.next_index.saturating_sub(1))),
+                        path: PathBuf::from(format!(
+                            "<chunk {}>",
+                            self.next_index.saturating_sub(1)
+                        )),
                         offset: self.pos as u64,
                         problem,
                     })
