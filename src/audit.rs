@@ -26,6 +26,7 @@ use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::SystemTime;
 
 use rustix::fs::FlockOperation;
@@ -341,6 +342,9 @@ impl Drop for LockGuard<'_> {
 pub struct AuditLog {
     path: PathBuf,
     file: File,
+    /// `flock` is per open file, so threads sharing this handle would all
+    /// "hold" it; this mutex serialises them first.
+    in_process: Mutex<()>,
 }
 
 impl AuditLog {
@@ -375,7 +379,11 @@ impl AuditLog {
         if mode & 0o022 != 0 {
             return Err(AuditError::Permissions { path, mode });
         }
-        Ok(AuditLog { path, file })
+        Ok(AuditLog {
+            path,
+            file,
+            in_process: Mutex::new(()),
+        })
     }
 
     /// The log's path.
@@ -388,6 +396,9 @@ impl AuditLog {
     /// Refuses to extend a log whose last line is incomplete or fails its own
     /// checks; run [`verify`] to see the whole picture.
     pub fn append(&self, receipt: &DeletionReceipt) -> Result<AuditEntry, AuditError> {
+        // A panic in another appender cannot leave the file inconsistent (the
+        // flock and the truncate-on-error protect it), so poisoning is ignored.
+        let _in_process = self.in_process.lock().unwrap_or_else(|p| p.into_inner());
         flock_retrying(&self.file, FlockOperation::LockExclusive)
             .map_err(|e| io_err(&self.path, "lock")(e.into()))?;
         let _guard = LockGuard(&self.file);

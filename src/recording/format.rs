@@ -125,6 +125,7 @@ pub(crate) fn decode_record<'a>(
         r.get(at..at + n)
             .ok_or_else(|| format!("record at byte {} is truncated", *pos))
     };
+    // Indexing is in bounds: `rest` is non-empty here, `fixed` is 12 bytes.
     let id_len = rest[0] as usize;
     if id_len == 0 {
         return Err(format!(

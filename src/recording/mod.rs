@@ -50,7 +50,7 @@ use zeroize::{Zeroize, Zeroizing};
 
 use crate::core::media::{OpusPacket, ParticipantId};
 
-pub use keys::{DataKey, KeyError, KeyProvider, LocalKeyFile, WrappedKey};
+pub use keys::{DataKey, KeyError, KeyProvider, LocalKeyFile, WrappedKey, KEY_LEN};
 pub use sweep::{sweep_orphans, SweepFailure, SweepReport};
 
 /// Default size at which a plaintext chunk is sealed: 64 KiB, about 20 s of
@@ -937,7 +937,10 @@ impl<'a> Packets<'a> {
                 }
                 Err(problem) => {
                     return Err(RecordingError::Corrupt {
-                        path: PathBuf::from(format!("<chunk {}>", self.next_index - 1)),
+                        path: PathBuf::from(format!(
+                            "<chunk {}>",
+                            self.next_index.saturating_sub(1)
+                        )),
                         offset: self.pos as u64,
                         problem,
                     })

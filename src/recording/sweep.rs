@@ -28,7 +28,8 @@ use super::{CHUNKS_FILE, METHOD_SWEEP, SPOOL_LOCK_FILE};
 pub struct SweepReport {
     /// Orphans destroyed, one report each (write a receipt for each).
     pub destroyed: Vec<DestroyReport>,
-    /// Recording ids skipped because a live process holds their lock.
+    /// Recording ids skipped because another open file holds their lock: a
+    /// live recording, or an orphan a concurrent sweep is removing.
     pub live: Vec<String>,
     /// Orphans that could not be fully removed.
     pub failed: Vec<SweepFailure>,
