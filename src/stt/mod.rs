@@ -47,3 +47,13 @@ pub trait SttProvider: Send + Sync {
     /// Transcribes one utterance of 16 kHz mono samples in [-1, 1].
     async fn transcribe(&self, samples: Arc<[f32]>) -> Result<Vec<SttSegment>, SttError>;
 }
+
+#[cfg(feature = "whisper")]
+pub mod mel;
+pub mod openai;
+pub mod retry;
+pub mod serve;
+pub mod text;
+pub mod wav;
+#[cfg(feature = "whisper")]
+pub mod whisper;
