@@ -78,16 +78,19 @@ pub async fn run(cfg: Config, args: BenchArgs) -> anyhow::Result<()> {
             )?;
             let who = ParticipantId("p".into());
             let mut failures = 0u64;
-            let report = crate::bench::audio_path_with_hook(&packets, participants, repeats, &mut |p| {
-                if rec.append(&who, p).is_err() {
-                    failures += 1;
-                }
-            });
+            let report =
+                crate::bench::audio_path_with_hook(&packets, participants, repeats, &mut |p| {
+                    if rec.append(&who, p).is_err() {
+                        failures += 1;
+                    }
+                });
             let stats = rec.stats();
             rec.destroy()?;
             let _ = std::fs::remove_dir_all(&spool);
             if failures > 0 {
-                return Err(anyhow!("{failures} recording appends failed during the benchmark"));
+                return Err(anyhow!(
+                    "{failures} recording appends failed during the benchmark"
+                ));
             }
             eprintln!("{report}");
             println!(
@@ -119,7 +122,8 @@ fn whisper(cfg: Config, wav: PathBuf, runs: usize) -> anyhow::Result<()> {
         threads: cfg.stt.threads,
         ..WhisperSettings::default()
     };
-    let r = bench_rtf(&cfg.stt.model_dir, &bytes, settings, runs.max(1)).map_err(|e| anyhow!("{e}"))?;
+    let r =
+        bench_rtf(&cfg.stt.model_dir, &bytes, settings, runs.max(1)).map_err(|e| anyhow!("{e}"))?;
     println!(
         "{}",
         serde_json::json!({

@@ -97,7 +97,10 @@ pub fn sweep_spool(cfg: &RecordingConfig, audit: &AuditLog) -> anyhow::Result<us
         error!(recording_id = %f.recording_id, error = %f.error, "Could not sweep an orphaned recording: operator action needed.");
     }
     if n > 0 {
-        warn!(recordings = n, "Swept orphaned encrypted recordings left by a previous run.");
+        warn!(
+            recordings = n,
+            "Swept orphaned encrypted recordings left by a previous run."
+        );
     }
     Ok(n)
 }
@@ -121,10 +124,10 @@ pub async fn run(
     let started_at = status::now_rfc3339();
     let mut lc = Lifecycle::new(comps.lifecycle.clone(), Instant::now());
     let line = |status: &'static str,
-                    recording_id: Option<String>,
-                    reason: Option<String>,
-                    transcript: Option<TranscriptInfo>,
-                    receipt: Option<ReceiptInfo>| StatusLine {
+                recording_id: Option<String>,
+                reason: Option<String>,
+                transcript: Option<TranscriptInfo>,
+                receipt: Option<ReceiptInfo>| StatusLine {
         status,
         at: status::now_rfc3339(),
         meeting_id: req.meeting_id.clone(),
@@ -171,15 +174,14 @@ pub async fn run(
     let mut segments: Vec<SegmentDoc> = Vec::new();
     let mut ended_at: Option<String> = None;
     let mut committed: Option<Committed> = None;
-    let mut commit_task: Option<tokio::task::JoinHandle<Result<Committed, crate::store::CommitError>>> =
-        None;
+    let mut commit_task: Option<
+        tokio::task::JoinHandle<Result<Committed, crate::store::CommitError>>,
+    > = None;
     let mut receipt_info: Option<ReceiptInfo> = None;
     let mut inputs: Vec<Input> = Vec::new();
     let success;
 
-    let submit = |utt: Utterance,
-                  tasks: &mut JoinSet<()>,
-                  pending: &mut usize| {
+    let submit = |utt: Utterance, tasks: &mut JoinSet<()>, pending: &mut usize| {
         *pending += 1;
         let stt = comps.stt.clone();
         let tx = stt_tx.clone();
@@ -216,7 +218,10 @@ pub async fn run(
                         Status::CallEnded => {
                             ended_at.get_or_insert_with(status::now_rfc3339);
                         }
-                        Status::TranscriptCommitted | Status::RecordingDeleted | Status::Done | Status::Fatal => {
+                        Status::TranscriptCommitted
+                        | Status::RecordingDeleted
+                        | Status::Done
+                        | Status::Fatal => {
                             transcript = committed.as_ref().map(|c| TranscriptInfo {
                                 location: c.location.clone(),
                                 vtt_location: c.vtt_location.clone(),
@@ -229,7 +234,13 @@ pub async fn run(
                         _ => {}
                     }
                     info!(status = status.as_str(), "Status changed.");
-                    emit(&line(status.as_str(), Some(recording_id.clone()), reason, transcript, receipt));
+                    emit(&line(
+                        status.as_str(),
+                        Some(recording_id.clone()),
+                        reason,
+                        transcript,
+                        receipt,
+                    ));
                 }
                 Output::Leave => leave.cancel(),
                 Output::FinishTranscription => {
@@ -280,19 +291,32 @@ pub async fn run(
                     let store = comps.store.clone();
                     commit_task = Some(tokio::spawn(async move { store.commit(&doc).await }));
                 }
-                Output::DeleteRecording { committed: was_committed, reason } => {
+                Output::DeleteRecording {
+                    committed: was_committed,
+                    reason,
+                } => {
                     stt_tasks.abort_all();
                     leave.cancel();
                     // The lifecycle emits exactly one DeleteRecording, so the recording is still here.
                     let Some(r) = rec.take() else { continue };
-                    match destroy_and_receipt(r, &comps.audit, was_committed, committed.as_ref(), reason).await {
+                    match destroy_and_receipt(
+                        r,
+                        &comps.audit,
+                        was_committed,
+                        committed.as_ref(),
+                        reason,
+                    )
+                    .await
+                    {
                         Ok(info) => {
                             receipt_info = Some(info);
                             inputs.push(Input::RecordingDeleted);
                         }
                         Err(e) => {
                             error!(error = %e, "Recording deletion failed: operator action needed.");
-                            inputs.push(Input::DeletionFailed { reason: format!("{e:#}") });
+                            inputs.push(Input::DeletionFailed {
+                                reason: format!("{e:#}"),
+                            });
                         }
                     }
                 }
@@ -465,7 +489,8 @@ async fn create_recording(req: &JoinRequest, comps: &Components) -> anyhow::Resu
         tenant: req.tenant.clone(),
     };
     let cfg = comps.recording.clone();
-    let rec = tokio::task::spawn_blocking(move || Recording::create(&cfg, dek, wrapped, meta)).await??;
+    let rec =
+        tokio::task::spawn_blocking(move || Recording::create(&cfg, dek, wrapped, meta)).await??;
     Ok(rec)
 }
 
@@ -485,8 +510,12 @@ async fn destroy_and_receipt(
         ciphertext_bytes: report.ciphertext_bytes,
         manifest_sha256: report.manifest_sha256,
         transcript_committed: was_committed,
-        transcript_sha256: committed.filter(|_| was_committed).map(|c| c.sha256.clone()),
-        transcript_location: committed.filter(|_| was_committed).map(|c| c.location.clone()),
+        transcript_sha256: committed
+            .filter(|_| was_committed)
+            .map(|c| c.sha256.clone()),
+        transcript_location: committed
+            .filter(|_| was_committed)
+            .map(|c| c.location.clone()),
         reason,
         deleted_at: status::now_rfc3339(),
         method: report.method,
@@ -494,7 +523,10 @@ async fn destroy_and_receipt(
     let audit2 = audit.clone();
     let r2 = receipt.clone();
     let entry = tokio::task::spawn_blocking(move || audit2.append(&r2)).await??;
-    info!(audit_seq = entry.seq, "Recording destroyed; deletion receipt appended.");
+    info!(
+        audit_seq = entry.seq,
+        "Recording destroyed; deletion receipt appended."
+    );
     Ok(ReceiptInfo {
         receipt,
         audit_seq: entry.seq,

@@ -145,7 +145,10 @@ fn build_embedded(_cfg: &Config) -> anyhow::Result<Arc<dyn SttProvider>> {
 
 /// Runs `meetbot join`. Returns the process exit code.
 pub async fn join(mut cfg: Config, args: JoinArgs) -> i32 {
-    let tenant = args.tenant.clone().unwrap_or_else(|| cfg.bot.tenant.clone());
+    let tenant = args
+        .tenant
+        .clone()
+        .unwrap_or_else(|| cfg.bot.tenant.clone());
     let meeting_id = args
         .meeting_id
         .clone()
@@ -189,11 +192,11 @@ pub async fn join(mut cfg: Config, args: JoinArgs) -> i32 {
         Ok(p) => p,
         Err(e) => return fatal_early(e.to_string()),
     };
-    let keys: Arc<dyn KeyProvider> = match LocalKeyFile::open_or_create(&cfg.paths.key_file()) {
+    let keys: Arc<dyn KeyProvider> = match LocalKeyFile::open_or_create(cfg.paths.key_file()) {
         Ok(k) => Arc::new(k),
         Err(e) => return fatal_early(format!("key provider: {e}")),
     };
-    let audit = match AuditLog::open(&cfg.paths.audit_log()) {
+    let audit = match AuditLog::open(cfg.paths.audit_log()) {
         Ok(a) => Arc::new(a),
         Err(e) => return fatal_early(format!("audit log: {e}")),
     };
@@ -203,7 +206,10 @@ pub async fn join(mut cfg: Config, args: JoinArgs) -> i32 {
         chunk_bytes: (cfg.recording.chunk_kib * 1024) as usize,
     };
     if let Err(e) = bot::sweep_spool(&recording, &audit) {
-        return fatal_early(format!("sweeping the spool {}: {e:#}", recording.spool_dir.display()));
+        return fatal_early(format!(
+            "sweeping the spool {}: {e:#}",
+            recording.spool_dir.display()
+        ));
     }
     let stt = match build_stt(&cfg) {
         Ok(s) => s,
@@ -247,8 +253,13 @@ pub async fn join(mut cfg: Config, args: JoinArgs) -> i32 {
 /// Sends one message per SIGTERM/SIGINT.
 async fn forward_signals(tx: mpsc::Sender<()>) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        tracing::error!("Cannot install signal handlers; SIGTERM will kill the bot without cleanup.");
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!(
+            "Cannot install signal handlers; SIGTERM will kill the bot without cleanup."
+        );
         return;
     };
     loop {
@@ -283,7 +294,10 @@ pub async fn stt_serve(cfg: Config, args: SttServeArgs) -> anyhow::Result<()> {
     info!(listen = %listener.local_addr()?, "stt-serve listening.");
     let shutdown = async {
         use tokio::signal::unix::{signal, SignalKind};
-        if let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        if let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
             tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
         } else {
             std::future::pending::<()>().await;
@@ -309,7 +323,10 @@ pub fn audit_verify(cfg: &Config, log: Option<PathBuf>) -> i32 {
                 "{}",
                 serde_json::json!({"ok": false, "log": path.display().to_string(), "error": e.to_string()})
             );
-            eprintln!("meetbot: audit log {} failed verification: {e}", path.display());
+            eprintln!(
+                "meetbot: audit log {} failed verification: {e}",
+                path.display()
+            );
             1
         }
     }

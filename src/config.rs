@@ -123,7 +123,9 @@ impl std::str::FromStr for SttKind {
         match s {
             "embedded" => Ok(SttKind::Embedded),
             "openai" => Ok(SttKind::Openai),
-            other => Err(format!("unknown STT provider {other:?}; expected embedded or openai")),
+            other => Err(format!(
+                "unknown STT provider {other:?}; expected embedded or openai"
+            )),
         }
     }
 }
@@ -250,7 +252,10 @@ impl Config {
             return bad("bot.tenant", &e);
         }
         if self.recording.memory_budget_kib > 4 * 1024 * 1024 {
-            return bad("recording.memory_budget_kib", "must be at most 4194304 (4 GiB); 0 spills every chunk at once");
+            return bad(
+                "recording.memory_budget_kib",
+                "must be at most 4194304 (4 GiB); 0 spills every chunk at once",
+            );
         }
         if !(1..=1024).contains(&self.recording.chunk_kib) {
             return bad("recording.chunk_kib", "must be between 1 and 1024");
@@ -276,8 +281,13 @@ impl Config {
         if self.stt.concurrency == 0 || self.stt.concurrency > 64 {
             return bad("stt.concurrency", "must be between 1 and 64");
         }
-        if self.stt.language.len() != 2 || !self.stt.language.chars().all(|c| c.is_ascii_lowercase()) {
-            return bad("stt.language", "must be a two-letter ISO 639-1 code such as \"en\"");
+        if self.stt.language.len() != 2
+            || !self.stt.language.chars().all(|c| c.is_ascii_lowercase())
+        {
+            return bad(
+                "stt.language",
+                "must be a two-letter ISO 639-1 code such as \"en\"",
+            );
         }
         if let Err(e) = self.vad.validate() {
             return Err(ConfigError(format!("vad.{e}")));
@@ -296,14 +306,22 @@ impl Config {
                 "must be > 0 and not above lifecycle.commit_retry_max",
             );
         }
-        if self.stt_serve.listen.parse::<std::net::SocketAddr>().is_err() {
+        if self
+            .stt_serve
+            .listen
+            .parse::<std::net::SocketAddr>()
+            .is_err()
+        {
             return bad("stt_serve.listen", "must be an address like 127.0.0.1:8799");
         }
         if self.stt_serve.max_concurrency == 0 || self.stt_serve.max_concurrency > 64 {
             return bad("stt_serve.max_concurrency", "must be between 1 and 64");
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
-            return bad("log.level", "is not a valid level or filter (e.g. info, debug)");
+            return bad(
+                "log.level",
+                "is not a valid level or filter (e.g. info, debug)",
+            );
         }
         Ok(())
     }
@@ -321,13 +339,24 @@ impl Config {
 }
 
 /// Merges `layer` into `base`, refusing keys the defaults do not have.
-fn merge(base: &mut toml::Table, layer: toml::Table, prefix: &str, source: &str) -> Result<(), ConfigError> {
+fn merge(
+    base: &mut toml::Table,
+    layer: toml::Table,
+    prefix: &str,
+    source: &str,
+) -> Result<(), ConfigError> {
     for (k, v) in layer {
-        let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        let path = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
         match (base.get_mut(&k), v) {
             (Some(toml::Value::Table(b)), toml::Value::Table(l)) => merge(b, l, &path, source)?,
             (Some(toml::Value::Table(_)), _) => {
-                return Err(ConfigError(format!("{source}: {path} must be a table ([{path}])")))
+                return Err(ConfigError(format!(
+                    "{source}: {path} must be a table ([{path}])"
+                )))
             }
             (Some(slot), v) => *slot = v,
             (None, _) => return Err(ConfigError(format!("{source}: unknown key {path}"))),
@@ -337,7 +366,12 @@ fn merge(base: &mut toml::Table, layer: toml::Table, prefix: &str, source: &str)
 }
 
 /// Applies `MEETBOT_SECTION__KEY=value`, typed after the default's type.
-fn apply_env(root: &mut toml::Table, defaults: &toml::Table, name: &str, raw: &str) -> Result<(), ConfigError> {
+fn apply_env(
+    root: &mut toml::Table,
+    defaults: &toml::Table,
+    name: &str,
+    raw: &str,
+) -> Result<(), ConfigError> {
     let rest = &name[ENV_PREFIX.len()..];
     let parts: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
     let [section, key] = parts.as_slice() else {
@@ -346,7 +380,9 @@ fn apply_env(root: &mut toml::Table, defaults: &toml::Table, name: &str, raw: &s
         )));
     };
     let Some(toml::Value::Table(sec_defaults)) = defaults.get(section) else {
-        return Err(ConfigError(format!("environment variable {name}: unknown section [{section}]")));
+        return Err(ConfigError(format!(
+            "environment variable {name}: unknown section [{section}]"
+        )));
     };
     let value = match sec_defaults.get(key) {
         Some(toml::Value::String(_)) => toml::Value::String(raw.to_string()),
@@ -413,10 +449,19 @@ mod tests {
 
     #[test]
     fn errors_name_the_bad_key() {
-        let cases: &[(Option<&str>, &[(&str, &str)], &str)] = &[
+        type Case<'a> = (Option<&'a str>, &'a [(&'a str, &'a str)], &'a str);
+        let cases: &[Case] = &[
             (Some("[stt]\nprovidr = \"x\"\n"), &[], "stt.providr"),
-            (Some("[stt]\nprovider = \"whisperx\"\n"), &[], "stt.provider"),
-            (Some("[lifecycle]\ngrace = \"soon\"\n"), &[], "lifecycle.grace"),
+            (
+                Some("[stt]\nprovider = \"whisperx\"\n"),
+                &[],
+                "stt.provider",
+            ),
+            (
+                Some("[lifecycle]\ngrace = \"soon\"\n"),
+                &[],
+                "lifecycle.grace",
+            ),
             (Some("[nope]\nx = 1\n"), &[], "nope"),
             (Some("this is not toml"), &[], "c.toml"),
             (None, &[("MEETBOT_STT__THREADS", "many")], "stt.threads"),
@@ -425,7 +470,11 @@ mod tests {
             (None, &[("MEETBOT_STT__PROVIDER", "openai")], "stt.url"),
             (None, &[("MEETBOT_STT__THREADS", "0")], "stt.threads"),
             (None, &[("MEETBOT_BOT__TENANT", "../x")], "bot.tenant"),
-            (None, &[("MEETBOT_RECORDING__MAX_AGE", "0s")], "recording.max_age"),
+            (
+                None,
+                &[("MEETBOT_RECORDING__MAX_AGE", "0s")],
+                "recording.max_age",
+            ),
         ];
         for (file, env, key) in cases {
             let err = load(*file, env).unwrap_err().to_string();

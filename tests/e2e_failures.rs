@@ -23,7 +23,10 @@ fn fatal_with(run: &Run, needle: &str) -> serde_json::Value {
     let last = run.last();
     assert_eq!(last["status"], "fatal", "{}", run.describe());
     let reason = last["reason"].as_str().unwrap_or_default().to_string();
-    assert!(reason.contains(needle), "reason {reason:?} should mention {needle:?}");
+    assert!(
+        reason.contains(needle),
+        "reason {reason:?} should mention {needle:?}"
+    );
     last
 }
 
@@ -48,11 +51,19 @@ fn sigkill_mid_meeting_leaves_only_ciphertext_and_the_next_start_sweeps_it() {
         if spilled > 8_000 {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "nothing spilled: {:?}", ws.spool_files());
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "nothing spilled: {:?}",
+            ws.spool_files()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let pid = child.id();
-    assert!(Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
     let _ = wait_with_timeout(child, Duration::from_secs(10));
 
     // Every byte in the spool: no audio headers, no source PCM, no plaintext key.
@@ -61,15 +72,25 @@ fn sigkill_mid_meeting_leaves_only_ciphertext_and_the_next_start_sweeps_it() {
     let rec_dirs = ws.recording_dirs();
     assert_eq!(rec_dirs.len(), 1, "{rec_dirs:?}");
     let header = recording::read_header(&rec_dirs[0]).unwrap();
-    let kek = LocalKeyFile::open_or_create(&ws.key_file()).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let kek = LocalKeyFile::open_or_create(ws.key_file()).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let dek = rt.block_on(kek.unwrap(&header.wrapped_key)).unwrap();
     let pcm = wav_pcm(&wav);
     for f in &files {
         let bytes = read(f);
         assert_no_plaintext_audio(&f.display().to_string(), &bytes, &pcm);
-        assert!(!contains(&bytes, dek.as_bytes()), "{} holds the plaintext key", f.display());
-        assert!(!contains(&bytes, hex::encode(dek.as_bytes()).as_bytes()), "{} holds the hex key", f.display());
+        assert!(
+            !contains(&bytes, dek.as_bytes()),
+            "{} holds the plaintext key",
+            f.display()
+        );
+        assert!(
+            !contains(&bytes, hex::encode(dek.as_bytes()).as_bytes()),
+            "{} holds the hex key",
+            f.display()
+        );
     }
     // …and it is really the meeting's audio, encrypted: it decrypts to Opus packets.
     let packets = recording::open_recording(&rec_dirs[0], &dek)
@@ -91,7 +112,10 @@ fn sigkill_mid_meeting_leaves_only_ciphertext_and_the_next_start_sweeps_it() {
         .collect();
     assert_eq!(swept.len(), 1, "{audit}");
     assert_eq!(swept[0]["receipt"]["transcript_committed"], false);
-    assert!(swept[0]["receipt"]["reason"].as_str().unwrap().contains("orphaned"));
+    assert!(swept[0]["receipt"]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("orphaned"));
 }
 
 #[test]
@@ -103,12 +127,21 @@ fn commit_failure_keeps_the_recording_encrypted_then_deletes_it_at_max_age() {
     ws.extra_config = "[recording]\nmax_age = \"12s\"\nmemory_budget_kib = 0\nchunk_kib = 1\n\
                        [lifecycle]\ncommit_retry_initial = \"200ms\"\ncommit_retry_max = \"1s\"\n"
         .into();
-    let (m, wav) = one_speaker(&ws, "fast", "Please keep this recording until the store comes back.");
+    let (m, wav) = one_speaker(
+        &ws,
+        "fast",
+        "Please keep this recording until the store comes back.",
+    );
     let child = ws.spawn_join(&format!("replay:{}", m.display()), &[]);
     // While commits fail, the recording is retained, encrypted.
     std::thread::sleep(Duration::from_secs(7));
     let retained = ws.spool_files();
-    assert!(retained.iter().any(|p| p.metadata().map(|m| m.len()).unwrap_or(0) > 0), "{retained:?}");
+    assert!(
+        retained
+            .iter()
+            .any(|p| p.metadata().map(|m| m.len()).unwrap_or(0) > 0),
+        "{retained:?}"
+    );
     let pcm = wav_pcm(&wav);
     for f in &retained {
         assert_no_plaintext_audio(&f.display().to_string(), &read(f), &pcm);
@@ -119,7 +152,10 @@ fn commit_failure_keeps_the_recording_encrypted_then_deletes_it_at_max_age() {
     assert!(!run.statuses().contains(&"transcript_committed".to_string()));
     let r = &last["receipt"];
     assert_eq!(r["transcript_committed"], false, "{last}");
-    assert!(r["reason"].as_str().unwrap().contains("not committed"), "{last}");
+    assert!(
+        r["reason"].as_str().unwrap().contains("not committed"),
+        "{last}"
+    );
     assert!(ws.spool_files().is_empty());
     let mut verify = ws.command();
     verify.args(["audit", "verify"]);
@@ -130,9 +166,16 @@ fn commit_failure_keeps_the_recording_encrypted_then_deletes_it_at_max_age() {
 fn edited_audit_entry_fails_verification() {
     let ws = Workspace::new();
     let (m, _) = one_speaker(&ws, "fast", "One.");
-    assert_eq!(ws.join(&format!("replay:{}", m.display()), &[]).code, Some(0));
+    assert_eq!(
+        ws.join(&format!("replay:{}", m.display()), &[]).code,
+        Some(0)
+    );
     let (m, _) = one_speaker(&ws, "fast", "Two.");
-    assert_eq!(ws.join(&format!("replay:{}", m.display()), &["--meeting-id", "m2"]).code, Some(0));
+    assert_eq!(
+        ws.join(&format!("replay:{}", m.display()), &["--meeting-id", "m2"])
+            .code,
+        Some(0)
+    );
     let verify = || {
         let mut c = ws.command();
         c.args(["audit", "verify"]);
@@ -196,10 +239,14 @@ fn bad_input_fails_fast_with_a_clear_fatal_status() {
         assert!(ws.spool_files().is_empty(), "{url}: spool not empty");
     }
     // Bad flags and config name the key.
-    let run = ws.join(&format!("replay:{}", d.join("missing.json").display()), &["--tenant", "../etc"]);
+    let run = ws.join(
+        &format!("replay:{}", d.join("missing.json").display()),
+        &["--tenant", "../etc"],
+    );
     fatal_with(&run, "tenant");
     let mut c = ws.command();
-    c.env("MEETBOT_STT__THREADS", "lots").args(["join", "replay:x"]);
+    c.env("MEETBOT_STT__THREADS", "lots")
+        .args(["join", "replay:x"]);
     let run = Run::from(c.output().unwrap());
     assert_eq!(run.code, Some(2));
     assert!(run.stderr.contains("stt.threads"), "{}", run.describe());
@@ -224,12 +271,13 @@ fn corrupt_key_file_and_missing_model_are_fatal_and_named() {
     std::fs::remove_file(ws.key_file()).unwrap();
 
     let mut c = ws.command();
-    c.env("MEETBOT_STT__MODEL_DIR", ws.path().join("no-model")).args([
-        "join",
-        &format!("replay:{}", m.display()),
-        "--meeting-id",
-        "m9",
-    ]);
+    c.env("MEETBOT_STT__MODEL_DIR", ws.path().join("no-model"))
+        .args([
+            "join",
+            &format!("replay:{}", m.display()),
+            "--meeting-id",
+            "m9",
+        ]);
     let run = Run::from(c.output().unwrap());
     fatal_with(&run, "no-model");
     assert!(ws.spool_files().is_empty());
@@ -289,11 +337,15 @@ fn hostile_stt_server(mode: &'static str) -> u16 {
 fn stt_server_that_errors_or_hangs_is_fatal_bounded_and_leaves_nothing() {
     for (mode, needle) in [("500", "500"), ("hang", "within 1s")] {
         let mut ws = Workspace::new();
-        ws.extra_config = "[stt]\ntimeout = \"1s\"\nattempts = 2\ninitial_backoff = \"100ms\"\n".into();
+        ws.extra_config =
+            "[stt]\ntimeout = \"1s\"\nattempts = 2\ninitial_backoff = \"100ms\"\n".into();
         let (m, wav) = one_speaker(&ws, "fast", "Is anybody listening to this meeting?");
         let port = hostile_stt_server(mode);
         let url = format!("http://127.0.0.1:{port}/v1");
-        let child = ws.spawn_join(&format!("replay:{}", m.display()), &["--stt", "openai", "--stt-url", &url]);
+        let child = ws.spawn_join(
+            &format!("replay:{}", m.display()),
+            &["--stt", "openai", "--stt-url", &url],
+        );
         let run = wait_with_timeout(child, Duration::from_secs(30));
         let last = fatal_with(&run, needle);
         assert_eq!(last["receipt"]["transcript_committed"], false, "{last}");

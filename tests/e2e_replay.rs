@@ -29,7 +29,10 @@ fn two_speaker_meeting(ws: &Workspace, pace: &str) -> (PathBuf, PathBuf, PathBuf
         .unwrap();
     assert!(st.success());
     let host = d.join("host.wav");
-    concat(&[d.join("h1.wav"), d.join("gap.wav"), d.join("h2.wav")], &host);
+    concat(
+        &[d.join("h1.wav"), d.join("gap.wav"), d.join("h2.wav")],
+        &host,
+    );
     let guest = d.join("guest.wav");
     // The guest's first words land ~1 s after the host's first sentence ends.
     let h1_secs = wav_secs(&d.join("h1.wav"));
@@ -47,14 +50,29 @@ fn check_two_speaker_transcript(run: &Run, max_wer: f64) {
     assert_eq!(run.code, Some(0), "{}", run.describe());
     assert_eq!(
         run.statuses(),
-        ["joining", "in_call_recording", "call_ended", "transcript_committed", "recording_deleted", "done"],
+        [
+            "joining",
+            "in_call_recording",
+            "call_ended",
+            "transcript_committed",
+            "recording_deleted",
+            "done"
+        ],
         "{}",
         run.describe()
     );
     let last = run.last();
     let t = transcript_of(&last);
-    let names: Vec<_> = t["participants"].as_array().unwrap().iter().map(|p| p["name"].clone()).collect();
-    assert!(names.contains(&"Host".into()) && names.contains(&"Guest".into()), "{names:?}");
+    let names: Vec<_> = t["participants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].clone())
+        .collect();
+    assert!(
+        names.contains(&"Host".into()) && names.contains(&"Guest".into()),
+        "{names:?}"
+    );
     let host = speaker_text(&t, "Host");
     let guest = speaker_text(&t, "Guest");
     let wh = wer(&format!("{HOST_1} {HOST_2}"), &host);
@@ -64,21 +82,33 @@ fn check_two_speaker_transcript(run: &Run, max_wer: f64) {
     assert!(wg <= max_wer, "guest WER {wg:.3}");
     // Attribution: the guest's distinctive words are never in the host's text and vice versa.
     for w in ["marketing", "summer"] {
-        assert!(!words(&host).contains(&w.to_string()), "{w} attributed to host");
+        assert!(
+            !words(&host).contains(&w.to_string()),
+            "{w} attributed to host"
+        );
     }
     for w in ["budget", "friday"] {
-        assert!(!words(&guest).contains(&w.to_string()), "{w} attributed to guest");
+        assert!(
+            !words(&guest).contains(&w.to_string()),
+            "{w} attributed to guest"
+        );
     }
     // Segments are in meeting-clock order and the guest speaks between the host's sentences.
     let segs = t["segments"].as_array().unwrap();
-    let order: Vec<&str> = segs.iter().map(|s| s["speaker"].as_str().unwrap()).collect();
+    let order: Vec<&str> = segs
+        .iter()
+        .map(|s| s["speaker"].as_str().unwrap())
+        .collect();
     let first_guest = order.iter().position(|s| *s == "Guest").unwrap();
     assert!(
         order[..first_guest].contains(&"Host") && order[first_guest..].contains(&"Host"),
         "{order:?}\n{}",
         serde_json::to_string_pretty(&t).unwrap()
     );
-    let starts: Vec<u64> = segs.iter().map(|s| s["start_ms"].as_u64().unwrap()).collect();
+    let starts: Vec<u64> = segs
+        .iter()
+        .map(|s| s["start_ms"].as_u64().unwrap())
+        .collect();
     assert!(starts.windows(2).all(|w| w[0] <= w[1]), "{starts:?}");
     // The receipt on the last line matches the committed transcript and the audit log verifies.
     let r = &last["receipt"];
@@ -89,7 +119,8 @@ fn check_two_speaker_transcript(run: &Run, max_wer: f64) {
     assert_eq!(r["manifest_sha256"].as_str().unwrap().len(), 64);
     assert!(!r["audit_hash"].as_str().unwrap().is_empty());
     // WebVTT with voice tags.
-    let vtt = std::fs::read_to_string(last["transcript"]["vtt_location"].as_str().unwrap()).unwrap();
+    let vtt =
+        std::fs::read_to_string(last["transcript"]["vtt_location"].as_str().unwrap()).unwrap();
     assert!(vtt.starts_with("WEBVTT") && vtt.contains("<v Host>") && vtt.contains("<v Guest>"));
 }
 
@@ -116,13 +147,22 @@ fn two_speakers_embedded_whisper() {
     let (m, host, guest) = two_speaker_meeting(&ws, "fast");
     let run = ws.join(&format!("replay:{}", m.display()), &[]);
     check_two_speaker_transcript(&run, 0.25);
-    assert_eq!(run.last()["transcript"]["location"].as_str().map(|l| l.ends_with("acme/m1.json")), Some(true));
+    assert_eq!(
+        run.last()["transcript"]["location"]
+            .as_str()
+            .map(|l| l.ends_with("acme/m1.json")),
+        Some(true)
+    );
     assert_no_plaintext_left(&ws, &[&host, &guest]);
     let v = audit_verify(&ws);
     assert_eq!(v.code, Some(0), "{}", v.describe());
     // Logs at the default level carry no names, transcript words or the manifest path.
     for secret in ["Host", "Guest", "marketing", "budget", m.to_str().unwrap()] {
-        assert!(!run.stderr.contains(secret), "stderr leaks {secret:?}:\n{}", run.stderr);
+        assert!(
+            !run.stderr.contains(secret),
+            "stderr leaks {secret:?}:\n{}",
+            run.stderr
+        );
     }
 }
 
@@ -139,7 +179,10 @@ fn two_speakers_openai_provider_against_stt_serve() {
     let _server = KillOnDrop(serve.spawn().unwrap());
     wait_port(port, Duration::from_secs(60));
     let url = format!("http://127.0.0.1:{port}/v1");
-    let run = ws.join(&format!("replay:{}", m.display()), &["--stt", "openai", "--stt-url", &url]);
+    let run = ws.join(
+        &format!("replay:{}", m.display()),
+        &["--stt", "openai", "--stt-url", &url],
+    );
     check_two_speaker_transcript(&run, 0.25);
     let t = transcript_of(&run.last());
     assert_eq!(t["provider"], "openai");
@@ -155,19 +198,33 @@ fn sigterm_mid_meeting_leaves_commits_deletes_and_exits_zero() {
     // Let the host's first sentence and the guest's start play out in real time.
     std::thread::sleep(Duration::from_secs(9));
     let t0 = Instant::now();
-    let st = Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    let st = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
     assert!(st.success());
     let run = wait_with_timeout(child, Duration::from_secs(40));
     let took = t0.elapsed();
     assert_eq!(run.code, Some(0), "{}", run.describe());
-    assert!(took < Duration::from_secs(25), "took {took:?} after SIGTERM");
+    assert!(
+        took < Duration::from_secs(25),
+        "took {took:?} after SIGTERM"
+    );
     let last = run.last();
     assert_eq!(last["status"], "done", "{}", run.describe());
-    let call_ended = run.lines().into_iter().find(|l| l["status"] == "call_ended").unwrap();
+    let call_ended = run
+        .lines()
+        .into_iter()
+        .find(|l| l["status"] == "call_ended")
+        .unwrap();
     assert_eq!(call_ended["reason"], "stop_requested");
     let t = transcript_of(&last);
     // What was captured before the signal is there; what came after is not.
-    assert!(wer(HOST_1, &speaker_text(&t, "Host")) <= 0.4, "{}", speaker_text(&t, "Host"));
+    assert!(
+        wer(HOST_1, &speaker_text(&t, "Host")) <= 0.4,
+        "{}",
+        speaker_text(&t, "Host")
+    );
     assert!(!words(&speaker_text(&t, "Host")).contains(&"friday".to_string()));
     assert!(ws.spool_files().is_empty());
 }

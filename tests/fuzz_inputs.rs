@@ -40,8 +40,28 @@ fn iters(default: usize) -> usize {
 }
 
 const INTERESTING: &[&[u8]] = &[
-    b"\"", b"{", b"}", b"[", b"]", b",", b":", b"null", b"-1", b"1e309", b"18446744073709551616",
-    b"\\u0000", b"\xff\xfe", b"\"\\ud800\"", b"true", b"0", b"../", b"/", b"%00", b"\n", b"=", b"\"\"",
+    b"\"",
+    b"{",
+    b"}",
+    b"[",
+    b"]",
+    b",",
+    b":",
+    b"null",
+    b"-1",
+    b"1e309",
+    b"18446744073709551616",
+    b"\\u0000",
+    b"\xff\xfe",
+    b"\"\\ud800\"",
+    b"true",
+    b"0",
+    b"../",
+    b"/",
+    b"%00",
+    b"\n",
+    b"=",
+    b"\"\"",
 ];
 
 /// One random mutation: flip, insert, delete, splice an interesting token, or duplicate a range.
@@ -85,7 +105,8 @@ fn write_wav(path: &Path, secs: f32) {
     let mut w = hound::WavWriter::create(path, spec).unwrap();
     for i in 0..(secs * 16_000.0) as usize {
         let t = i as f32 / 16_000.0;
-        w.write_sample(((t * 440.0 * 6.283).sin() * 8000.0) as i16).unwrap();
+        w.write_sample(((t * 440.0 * std::f32::consts::TAU).sin() * 8000.0) as i16)
+            .unwrap();
     }
     w.finalize().unwrap();
 }
@@ -131,7 +152,8 @@ fn wav_files_in_a_manifest() {
         let head = mutate(&mut rng, &input[..64]);
         input.splice(..64, head);
         std::fs::write(dir.path().join("x.wav"), &input).unwrap();
-        let Ok(p) = meetbot::platform::replay::ReplayPlatform::open(&dir.path().join("m.json")) else {
+        let Ok(p) = meetbot::platform::replay::ReplayPlatform::open(&dir.path().join("m.json"))
+        else {
             continue;
         };
         if i % 8 != 0 {
@@ -222,7 +244,11 @@ fn audit_logs() {
         } else {
             // A log that verifies is the original or a truncation of it (cutting
             // whole entries off the end is the chain's documented blind spot).
-            assert!(valid.starts_with(&m), "accepted an edited log:\n{}", String::from_utf8_lossy(&m));
+            assert!(
+                valid.starts_with(&m),
+                "accepted an edited log:\n{}",
+                String::from_utf8_lossy(&m)
+            );
         }
     }
     assert!(rejected > 0);

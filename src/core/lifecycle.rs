@@ -344,7 +344,10 @@ impl Lifecycle {
                 self.outputs.push_back(Output::Leave);
                 self.end_call("platform_failed".into());
             }
-            (Phase::Joining | Phase::InCall | Phase::Transcribing, Input::TranscriptionFailed { reason }) => {
+            (
+                Phase::Joining | Phase::InCall | Phase::Transcribing,
+                Input::TranscriptionFailed { reason },
+            ) => {
                 if matches!(self.phase, Phase::Joining | Phase::InCall) {
                     self.outputs.push_back(Output::Leave);
                 }
@@ -431,7 +434,10 @@ impl Lifecycle {
 
     fn fail_and_delete(&mut self, reason: String) {
         self.failure.get_or_insert(reason.clone());
-        self.delete(self.committed, if self.committed { None } else { Some(reason) });
+        self.delete(
+            self.committed,
+            if self.committed { None } else { Some(reason) },
+        );
     }
 
     fn delete(&mut self, committed: bool, reason: Option<String>) {

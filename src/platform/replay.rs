@@ -129,8 +129,8 @@ impl ReplayPlatform {
                 meta.len()
             )));
         }
-        let raw =
-            std::fs::read(manifest).map_err(|e| bad(format!("cannot read the manifest {name}: {e}")))?;
+        let raw = std::fs::read(manifest)
+            .map_err(|e| bad(format!("cannot read the manifest {name}: {e}")))?;
         let m: Manifest =
             serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(&raw))
                 .map_err(|e| {

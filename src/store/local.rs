@@ -147,7 +147,8 @@ fn write_new_atomic(path: &Path, bytes: &[u8]) -> Result<(), CommitError> {
     match res {
         Ok(()) => sync_dir(path),
         Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-            let existing = fs::read(path).map_err(|e| io_err("read existing transcript", path, &e))?;
+            let existing =
+                fs::read(path).map_err(|e| io_err("read existing transcript", path, &e))?;
             if existing == bytes {
                 Ok(())
             } else {
@@ -197,7 +198,9 @@ mod tests {
         assert!(a.location.ends_with("acme/m-1.json"));
         let bytes = fs::read(&a.location).unwrap();
         assert_eq!(hex::encode(Sha256::digest(&bytes)), a.sha256);
-        assert!(fs::read_to_string(&a.vtt_location).unwrap().contains("<v A>hello"));
+        assert!(fs::read_to_string(&a.vtt_location)
+            .unwrap()
+            .contains("<v A>hello"));
         // Same transcript again: fine, same hash.
         let b = store.commit(&doc("hello")).await.unwrap();
         assert_eq!(a, b);
@@ -219,7 +222,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("not-a-dir");
         fs::write(&file, b"x").unwrap();
-        let err = LocalDirStore::new(&file).commit(&doc("x")).await.unwrap_err();
+        let err = LocalDirStore::new(&file)
+            .commit(&doc("x"))
+            .await
+            .unwrap_err();
         assert!(err.is_retryable(), "{err}");
     }
 

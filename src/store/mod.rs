@@ -49,10 +49,7 @@ pub trait TranscriptStore: Send + Sync {
 /// a safe alphabet. Returns a message naming the problem.
 pub fn validate_id(kind: &str, id: &str) -> Result<(), String> {
     let ok_len = !id.is_empty() && id.len() <= 128;
-    let ok_first = id
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphanumeric());
+    let ok_first = id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
     let ok_chars = id
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
@@ -75,7 +72,19 @@ mod tests {
         for good in ["acme", "t-1", "A.b_c", "2026-11-23.standup"] {
             assert!(validate_id("tenant", good).is_ok(), "{good}");
         }
-        for bad in ["", ".", "..", "../x", "a/b", "a\\b", ".hidden", "a..b", "é", "a b", &"x".repeat(129)] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../x",
+            "a/b",
+            "a\\b",
+            ".hidden",
+            "a..b",
+            "é",
+            "a b",
+            &"x".repeat(129),
+        ] {
             assert!(validate_id("tenant", bad).is_err(), "{bad}");
         }
     }

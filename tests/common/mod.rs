@@ -42,7 +42,9 @@ pub fn concat(parts: &[PathBuf], out: &Path) {
 pub fn model_dir() -> PathBuf {
     let dir = std::env::var_os("MEETBOT_MODEL_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("models/faster-whisper-tiny.en"));
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("models/faster-whisper-tiny.en")
+        });
     assert!(
         dir.join("model.bin").exists(),
         "Whisper model missing at {}: run scripts/fetch-model (scripts/test does)",
@@ -97,7 +99,11 @@ impl Workspace {
             .map(|(n, w, o)| serde_json::json!({"name": n, "wav": w, "offset_ms": o}))
             .collect();
         let p = self.path().join("manifest.json");
-        std::fs::write(&p, serde_json::json!({"participants": ps, "pace": pace}).to_string()).unwrap();
+        std::fs::write(
+            &p,
+            serde_json::json!({"participants": ps, "pace": pace}).to_string(),
+        )
+        .unwrap();
         p
     }
     pub fn command(&self) -> Command {
@@ -126,9 +132,7 @@ impl Workspace {
     }
     pub fn spawn_join(&self, url: &str, extra: &[&str]) -> Child {
         let mut c = self.join_command(url, extra);
-        c
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        c.stdout(Stdio::piped()).stderr(Stdio::piped());
         c.spawn().unwrap()
     }
     /// Every file under the data directory.
@@ -139,13 +143,22 @@ impl Workspace {
     pub fn spool_files(&self) -> Vec<PathBuf> {
         walk(&self.spool())
             .into_iter()
-            .filter(|p| !(p.parent() == Some(self.spool().as_path()) && p.ends_with(".lock") && read(p).is_empty()))
+            .filter(|p| {
+                !(p.parent() == Some(self.spool().as_path())
+                    && p.ends_with(".lock")
+                    && read(p).is_empty())
+            })
             .collect()
     }
     /// Recording directories in the spool.
     pub fn recording_dirs(&self) -> Vec<PathBuf> {
         std::fs::read_dir(self.spool())
-            .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect())
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.is_dir())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }
@@ -186,17 +199,28 @@ impl Run {
     pub fn lines(&self) -> Vec<serde_json::Value> {
         self.stdout
             .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {l}")))
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {l}"))
+            })
             .collect()
     }
     pub fn last(&self) -> serde_json::Value {
-        self.lines().pop().unwrap_or_else(|| panic!("no status lines; stderr:\n{}", self.stderr))
+        self.lines()
+            .pop()
+            .unwrap_or_else(|| panic!("no status lines; stderr:\n{}", self.stderr))
     }
     pub fn statuses(&self) -> Vec<String> {
-        self.lines().iter().map(|l| l["status"].as_str().unwrap_or("").to_string()).collect()
+        self.lines()
+            .iter()
+            .map(|l| l["status"].as_str().unwrap_or("").to_string())
+            .collect()
     }
     pub fn describe(&self) -> String {
-        format!("exit {:?}\nstdout:\n{}\nstderr:\n{}", self.code, self.stdout, self.stderr)
+        format!(
+            "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+            self.code, self.stdout, self.stderr
+        )
     }
 }
 
@@ -221,7 +245,11 @@ pub fn wait_with_timeout(mut child: Child, limit: Duration) -> Run {
 pub fn words(s: &str) -> Vec<String> {
     s.to_lowercase()
         .split(|c: char| c.is_whitespace() || c == '-')
-        .map(|w| w.chars().filter(|c| c.is_alphanumeric() || *c == '\'').collect::<String>())
+        .map(|w| {
+            w.chars()
+                .filter(|c| c.is_alphanumeric() || *c == '\'')
+                .collect::<String>()
+        })
         .filter(|w| !w.is_empty())
         .collect()
 }
@@ -247,7 +275,9 @@ pub fn wer(reference: &str, hyp: &str) -> f64 {
 
 /// The transcript document named by a final status line.
 pub fn transcript_of(last: &serde_json::Value) -> serde_json::Value {
-    let loc = last["transcript"]["location"].as_str().expect("transcript location on the last line");
+    let loc = last["transcript"]["location"]
+        .as_str()
+        .expect("transcript location on the last line");
     serde_json::from_str(&std::fs::read_to_string(loc).unwrap()).unwrap()
 }
 
@@ -280,16 +310,25 @@ pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
 /// non-silent stretch.
 pub fn assert_no_plaintext_audio(name: &str, bytes: &[u8], pcm: &[u8]) {
     for magic in [&b"RIFF"[..], b"WAVE", b"OggS", b"OpusHead", b"fmt "] {
-        assert!(!contains(bytes, magic), "{name} contains {:?}", String::from_utf8_lossy(magic));
+        assert!(
+            !contains(bytes, magic),
+            "{name} contains {:?}",
+            String::from_utf8_lossy(magic)
+        );
     }
     // Sample the source at many offsets; skip near-silent windows.
     let mut checked = 0;
     let mut off = 0;
     while off + 32 <= pcm.len() {
         let w = &pcm[off..off + 32];
-        let loud = w.chunks(2).any(|s| i16::from_le_bytes([s[0], s[1]]).unsigned_abs() > 500);
+        let loud = w
+            .chunks(2)
+            .any(|s| i16::from_le_bytes([s[0], s[1]]).unsigned_abs() > 500);
         if loud {
-            assert!(!contains(bytes, w), "{name} contains source PCM at offset {off}");
+            assert!(
+                !contains(bytes, w),
+                "{name} contains source PCM at offset {off}"
+            );
             checked += 1;
         }
         off += 997;
@@ -305,7 +344,11 @@ pub fn wav_pcm(p: &Path) -> Vec<u8> {
 
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Waits until `127.0.0.1:port` accepts connections.
