@@ -21,7 +21,8 @@ COPY src ./src
 COPY config ./config
 COPY scripts ./scripts
 RUN cargo build --release --locked --bins \
- && install -D -m 0755 target/release/meetbot /out/meetbot
+ && install -D -m 0755 target/release/meetbot /out/meetbot \
+ && strip --strip-debug /out/meetbot
 ARG BAKE_MODEL=true
 RUN if [ "$BAKE_MODEL" = "true" ]; then scripts/fetch-model /out/models/faster-whisper-tiny.en; else mkdir -p /out/models; fi
 
@@ -33,7 +34,7 @@ LABEL org.opencontainers.image.title="meetbot" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.source="https://github.com/meetbot/meetbot"
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates libgomp1 \
+ && apt-get install -y --no-install-recommends ca-certificates libstdc++6 \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 meetbot \
  && useradd --system --uid 10001 --gid meetbot --home-dir /data --shell /usr/sbin/nologin meetbot \
