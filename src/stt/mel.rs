@@ -129,7 +129,15 @@ impl MelFrontEnd {
         let samples = &samples[..samples.len().min(WINDOW_SAMPLES)];
         // Reflect-pad by N_FFT/2 on both sides of the zero-padded window.
         let pad = N_FFT / 2;
-        let at = |i: usize| samples.get(i).copied().unwrap_or(0.0);
+        // Out-of-range input is clipped and NaN becomes silence, so the
+        // features stay finite whatever the caller passes.
+        let at = |i: usize| {
+            samples
+                .get(i)
+                .copied()
+                .filter(|v| !v.is_nan())
+                .map_or(0.0, |v| v.clamp(-1.0, 1.0))
+        };
         let padded_len = WINDOW_SAMPLES + 2 * pad;
         let padded = |j: usize| -> f32 {
             if j < pad {
@@ -244,6 +252,20 @@ mod tests {
             assert!(!pair[0].1.is_empty());
             assert!(pair[1].0 >= pair[0].0);
         }
+    }
+
+    #[test]
+    fn hostile_samples_give_finite_features() {
+        let fe = MelFrontEnd::new(80);
+        let mut junk = vec![f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 1e30, -1e30];
+        junk.extend(std::iter::repeat_n(0.5, 1000));
+        let mut out = Vec::new();
+        fe.window_features(&junk, &mut out);
+        assert!(out.iter().all(|v| v.is_finite()));
+        // Longer than a window: only the first 30 s are used.
+        let mut out = Vec::new();
+        fe.window_features(&vec![0.1; WINDOW_SAMPLES + 5], &mut out);
+        assert_eq!(out.len(), 80 * WINDOW_FRAMES);
     }
 
     #[test]
