@@ -77,6 +77,7 @@ fn mel_filters(n_mels: usize) -> Vec<(usize, Vec<f32>)> {
         .collect();
     (0..n_mels)
         .map(|m| {
+            // `points` has n_mels + 2 entries and m < n_mels: in bounds.
             let (lo, mid, hi) = (points[m], points[m + 1], points[m + 2]);
             let norm = 2.0 / (hi - lo);
             let weights: Vec<f64> = fft_freqs
@@ -152,6 +153,9 @@ impl MelFrontEnd {
         };
         debug_assert_eq!((padded_len - N_FFT) / HOP + 1, WINDOW_FRAMES + 1);
 
+        // Indexing below stays in bounds: `out` is resized to hold n_mels ×
+        // WINDOW_FRAMES values after `base`, every column has n_mels values
+        // (one per filter) and t < WINDOW_FRAMES.
         let base = out.len();
         out.resize(base + self.n_mels * WINDOW_FRAMES, 0.0);
         let mut frame = self.fft.make_input_vec();
