@@ -77,6 +77,7 @@ fn mel_filters(n_mels: usize) -> Vec<(usize, Vec<f32>)> {
         .collect();
     (0..n_mels)
         .map(|m| {
+            // `points` has n_mels + 2 entries and m < n_mels: in bounds.
             let (lo, mid, hi) = (points[m], points[m + 1], points[m + 2]);
             let norm = 2.0 / (hi - lo);
             let weights: Vec<f64> = fft_freqs
@@ -129,7 +130,15 @@ impl MelFrontEnd {
         let samples = &samples[..samples.len().min(WINDOW_SAMPLES)];
         // Reflect-pad by N_FFT/2 on both sides of the zero-padded window.
         let pad = N_FFT / 2;
-        let at = |i: usize| samples.get(i).copied().unwrap_or(0.0);
+        // Out-of-range input is clipped and NaN becomes silence, so the
+        // features stay finite whatever the caller passes.
+        let at = |i: usize| {
+            samples
+                .get(i)
+                .copied()
+                .filter(|v| !v.is_nan())
+                .map_or(0.0, |v| v.clamp(-1.0, 1.0))
+        };
         let padded_len = WINDOW_SAMPLES + 2 * pad;
         let padded = |j: usize| -> f32 {
             if j < pad {
@@ -144,6 +153,9 @@ impl MelFrontEnd {
         };
         debug_assert_eq!((padded_len - N_FFT) / HOP + 1, WINDOW_FRAMES + 1);
 
+        // Indexing below stays in bounds: `out` is resized to hold n_mels ×
+        // WINDOW_FRAMES values after `base`, every column has n_mels values
+        // (one per filter) and t < WINDOW_FRAMES.
         let base = out.len();
         out.resize(base + self.n_mels * WINDOW_FRAMES, 0.0);
         let mut frame = self.fft.make_input_vec();
@@ -244,6 +256,20 @@ mod tests {
             assert!(!pair[0].1.is_empty());
             assert!(pair[1].0 >= pair[0].0);
         }
+    }
+
+    #[test]
+    fn hostile_samples_give_finite_features() {
+        let fe = MelFrontEnd::new(80);
+        let mut junk = vec![f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 1e30, -1e30];
+        junk.extend(std::iter::repeat_n(0.5, 1000));
+        let mut out = Vec::new();
+        fe.window_features(&junk, &mut out);
+        assert!(out.iter().all(|v| v.is_finite()));
+        // Longer than a window: only the first 30 s are used.
+        let mut out = Vec::new();
+        fe.window_features(&vec![0.1; WINDOW_SAMPLES + 5], &mut out);
+        assert_eq!(out.len(), 80 * WINDOW_FRAMES);
     }
 
     #[test]

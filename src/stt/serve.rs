@@ -302,12 +302,15 @@ async fn read_form(mut form: Multipart) -> Result<TranscriptionRequest, ApiError
             .to_string();
         let repeatable = name == "timestamp_granularities[]";
         if !repeatable && seen.contains(&name) {
+            let shown = quote_param(&name);
             return Err(ApiError::invalid(
-                format!("The field '{}' is given twice.", quote_param(&name)),
-                Some(&name),
+                format!("The field '{shown}' is given twice."),
+                Some(&shown),
             ));
         }
-        seen.push(name.clone());
+        if !repeatable {
+            seen.push(name.clone());
+        }
         if name == "file" {
             file = Some(field.bytes().await.map_err(multipart_error)?);
             continue;
@@ -356,10 +359,11 @@ async fn read_form(mut form: Multipart) -> Result<TranscriptionRequest, ApiError
                 _ => return bad("expected 'segment'"),
             },
             _ => {
+                let shown = quote_param(&name);
                 return Err(ApiError::invalid(
-                    format!("Unrecognized request argument: '{}'.", quote_param(&name)),
-                    Some(&name),
-                ))
+                    format!("Unrecognized request argument: '{shown}'."),
+                    Some(&shown),
+                ));
             }
         }
     }

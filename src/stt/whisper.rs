@@ -310,6 +310,13 @@ impl Engine {
         for batch in windows.chunks(BATCH_WINDOWS) {
             let audio: Vec<&[f32]> = batch.iter().map(|(_, w)| *w).collect();
             let results = self.generate(&audio, self.beam_size)?;
+            if results.len() != batch.len() {
+                return Err(SttError::Permanent(format!(
+                    "Whisper returned {} result(s) for {} window(s)",
+                    results.len(),
+                    batch.len()
+                )));
+            }
             for (&(index, window), result) in batch.iter().zip(results) {
                 let offset_ms = samples_to_ms(index * WINDOW_SAMPLES);
                 let end_ms = offset_ms + samples_to_ms(window.len());
@@ -644,14 +651,26 @@ mod tests {
     async fn transcribes_synthetic_speech() {
         let provider = load(WhisperSettings::default());
         assert_eq!(provider.name(), "embedded");
-        assert_eq!(provider.model(), "faster-whisper-tiny.en");
+        assert!(!provider.model().is_empty());
         let samples = decode_wav(&espeak(SENTENCE), Duration::from_secs(60)).unwrap();
         let audio_ms = samples_to_ms(samples.len());
-        let segments = provider.transcribe(Arc::from(samples)).await.unwrap();
-        assert!(!segments.is_empty());
-        for s in &segments {
-            assert!(s.start_ms <= s.end_ms && s.end_ms <= audio_ms, "{s:?}");
+        let samples: Arc<[f32]> = Arc::from(samples);
+        // Two at once: the engine is shared and CTranslate2 queues the calls.
+        let (segments, again) = tokio::join!(
+            provider.transcribe(samples.clone()),
+            provider.transcribe(samples.clone())
+        );
+        let (segments, again) = (segments.unwrap(), again.unwrap());
+        assert_eq!(segments, again, "the same audio gave different transcripts");
+        // Two sentences: timestamp tokens split them, in order, within the audio.
+        assert!(segments.len() >= 2, "{} segment(s)", segments.len());
+        for pair in segments.windows(2) {
+            assert!(pair[0].end_ms <= pair[1].start_ms, "{pair:?}");
         }
+        for s in &segments {
+            assert!(s.start_ms < s.end_ms && s.end_ms <= audio_ms, "{s:?}");
+        }
+        assert!(segments[0].start_ms < 1000, "{:?}", segments[0]);
         let heard = words(
             &segments
                 .iter()
@@ -666,6 +685,44 @@ mod tests {
             "recognised {found} of {} words: {heard:?}",
             expected.len()
         );
+    }
+
+    #[tokio::test]
+    async fn serves_the_engine_to_the_openai_client() {
+        use crate::stt::openai::{OpenAiConfig, OpenAiProvider};
+        use crate::stt::serve::{serve, ServeOptions};
+
+        let provider: Arc<dyn SttProvider> = Arc::new(load(WhisperSettings::default()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}/v1", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(
+            listener,
+            provider,
+            ServeOptions::default(),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        let client = OpenAiProvider::new(OpenAiConfig::new(base)).unwrap();
+        let samples = decode_wav(
+            &espeak("Can you share the slides after the call?"),
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        let segments = client.transcribe(Arc::from(samples)).await.unwrap();
+        let heard = words(
+            &segments
+                .iter()
+                .map(|s| s.text.as_str())
+                .collect::<Vec<_>>()
+                .join(" "),
+        );
+        for w in ["share", "after", "call"] {
+            assert!(heard.iter().any(|h| h == w), "{w:?} missing from {heard:?}");
+        }
+        stop.send(()).unwrap();
+        server.await.unwrap().unwrap();
     }
 
     #[tokio::test]
