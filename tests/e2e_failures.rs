@@ -355,3 +355,62 @@ fn stt_server_that_errors_or_hangs_is_fatal_bounded_and_leaves_nothing() {
         }
     }
 }
+
+#[test]
+fn full_spool_disk_is_fatal_keeps_what_was_captured_and_leaves_nothing() {
+    // The spool is a 16 KiB tmpfs mounted in a private mount namespace (needs
+    // root, as CI has): after the header and lock files, only a few KiB of
+    // ciphertext fit.
+    let mut ws = Workspace::new();
+    ws.extra_config = "[recording]\nmemory_budget_kib = 0\nchunk_kib = 1\n".into();
+    let text = "We are filling the spool until it is full. The bot must stop capturing, \
+                keep what it already has, and still delete everything it wrote.";
+    let (m, wav) = one_speaker(&ws, "fast", text);
+    std::fs::create_dir_all(ws.spool()).unwrap();
+    let script = format!(
+        "mount -t tmpfs -o size=16k,mode=0700 tmpfs {spool} || exit 99; \"$@\"; rc=$?; \
+         echo \"SPOOL-LEFT:[$(ls -A {spool} | grep -v '^.lock$' | tr '\\n' ' ')]\" >&2; exit $rc",
+        spool = ws.spool().display()
+    );
+    let mut c = Command::new("unshare");
+    c.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        &script,
+        "sh",
+        BIN,
+    ])
+    .arg("--config")
+    .arg(ws.config())
+    .args([
+        "join",
+        &format!("replay:{}", m.display()),
+        "--tenant",
+        "acme",
+        "--meeting-id",
+        "m1",
+    ])
+    .env("MEETBOT_STT__MODEL_DIR", model_dir())
+    .env_remove("RUST_LOG")
+    .current_dir(ws.path());
+    let run = Run::from(c.output().unwrap());
+    let last = fatal_with(&run, "spool");
+    assert!(last["reason"].as_str().unwrap().contains("full"), "{last}");
+    // What was captured before the disk filled was still transcribed and committed.
+    assert!(
+        run.statuses().contains(&"transcript_committed".to_string()),
+        "{}",
+        run.describe()
+    );
+    assert_eq!(last["receipt"]["transcript_committed"], true, "{last}");
+    // Nothing was left in the full tmpfs (listed from inside the namespace)…
+    assert!(run.stderr.contains("SPOOL-LEFT:[]"), "{}", run.describe());
+    // …nor in the directory underneath it.
+    assert!(ws.spool_files().is_empty(), "{:?}", ws.spool_files());
+    for f in ws.files() {
+        assert_no_plaintext_audio(&f.display().to_string(), &read(&f), &wav_pcm(&wav));
+    }
+}
