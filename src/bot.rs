@@ -9,7 +9,7 @@
 //! destroys it (the lifecycle guarantees a `DeleteRecording`), and the
 //! recording's audio never leaves memory unencrypted.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -169,8 +169,7 @@ pub async fn run(
     let mut draining = false;
     let mut complete = true;
 
-    let mut names: BTreeMap<ParticipantId, Pii<String>> = BTreeMap::new();
-    let mut pipelines: BTreeMap<ParticipantId, ParticipantPipeline> = BTreeMap::new();
+    let mut capture = Capture::new(comps.vad.clone());
     let mut segments: Vec<SegmentDoc> = Vec::new();
     let mut ended_at: Option<String> = None;
     let mut committed: Option<Committed> = None;
@@ -244,7 +243,7 @@ pub async fn run(
                 }
                 Output::Leave => leave.cancel(),
                 Output::FinishTranscription => {
-                    for (_, mut p) in std::mem::take(&mut pipelines) {
+                    for (_, mut p) in std::mem::take(&mut capture.pipelines) {
                         if let Some(u) = p.finish() {
                             submit(u, &mut stt_tasks, &mut pending_stt);
                         }
@@ -274,7 +273,8 @@ pub async fn run(
                         recording_id: recording_id.clone(),
                         started_at: started_at.clone(),
                         ended_at: ended_at.clone().unwrap_or_else(status::now_rfc3339),
-                        participants: names
+                        participants: capture
+                            .names
                             .iter()
                             .map(|(id, n)| ParticipantDoc {
                                 id: id.0.clone(),
@@ -330,7 +330,11 @@ pub async fn run(
         let deadline = lc.poll_timeout();
         tokio::select! {
             ev = ev_rx.recv(), if !ev_closed => match ev {
-                Some(ev) => on_platform_event(ev, &mut lc, &mut names, &mut pipelines, &mut rec, &comps.vad, &mut inputs, &mut |u, t: &mut JoinSet<()>, p: &mut usize| submit(u, t, p), &mut stt_tasks, &mut pending_stt),
+                Some(ev) => {
+                    let mut utts = Vec::new();
+                    capture.on_event(ev, lc.is_capturing(), &mut rec, &mut inputs, &mut utts);
+                    for u in utts { submit(u, &mut stt_tasks, &mut pending_stt); }
+                }
                 None => {
                     // Sender dropped: the platform task is finishing; its result arrives below.
                     ev_closed = true;
@@ -342,7 +346,9 @@ pub async fn run(
                     Ok(Ok(())) => {
                         // Drain anything still queued.
                         while let Ok(ev) = ev_rx.try_recv() {
-                            on_platform_event(ev, &mut lc, &mut names, &mut pipelines, &mut rec, &comps.vad, &mut inputs, &mut |u, t: &mut JoinSet<()>, p: &mut usize| submit(u, t, p), &mut stt_tasks, &mut pending_stt);
+                            let mut utts = Vec::new();
+                            capture.on_event(ev, lc.is_capturing(), &mut rec, &mut inputs, &mut utts);
+                            for u in utts { submit(u, &mut stt_tasks, &mut pending_stt); }
                         }
                         inputs.push(Input::CallEnded { reason: "left".into() });
                     }
@@ -367,7 +373,7 @@ pub async fn run(
                             if text.is_empty() { continue; }
                             let start = r.start_ms + s.start_ms.min(span);
                             let end = (r.start_ms + s.end_ms.min(span)).max(start);
-                            let name = names.get(&r.participant).map(|n| n.expose().clone()).unwrap_or_else(|| r.participant.0.clone());
+                            let name = capture.names.get(&r.participant).map(|n| n.expose().clone()).unwrap_or_else(|| r.participant.0.clone());
                             segments.push(SegmentDoc { speaker: name, speaker_id: r.participant.0.clone(), start_ms: start, end_ms: end, text });
                         }
                     }
@@ -413,67 +419,104 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn on_platform_event(
-    ev: PlatformEvent,
-    lc: &mut Lifecycle,
-    names: &mut BTreeMap<ParticipantId, Pii<String>>,
-    pipelines: &mut BTreeMap<ParticipantId, ParticipantPipeline>,
-    rec: &mut Option<Recording>,
-    vad: &VadConfig,
-    inputs: &mut Vec<Input>,
-    submit: &mut dyn FnMut(Utterance, &mut JoinSet<()>, &mut usize),
-    tasks: &mut JoinSet<()>,
-    pending: &mut usize,
-) {
-    match ev {
-        PlatformEvent::Waiting => debug!("Waiting to be admitted."),
-        PlatformEvent::Admitted => inputs.push(Input::Admitted),
-        PlatformEvent::ParticipantJoined { id, name } => {
-            debug!(participant = %id, "Participant joined.");
-            names.insert(id, name);
+/// What the orchestrator knows about the meeting's participants and audio.
+struct Capture {
+    names: BTreeMap<ParticipantId, Pii<String>>,
+    present: BTreeSet<ParticipantId>,
+    pipelines: BTreeMap<ParticipantId, ParticipantPipeline>,
+    vad: VadConfig,
+    last_activity_report: Option<Instant>,
+    speech_since_report: bool,
+}
+
+/// How often audio activity is reported to the lifecycle.
+const ACTIVITY_REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl Capture {
+    fn new(vad: VadConfig) -> Self {
+        Capture {
+            names: BTreeMap::new(),
+            present: BTreeSet::new(),
+            pipelines: BTreeMap::new(),
+            vad,
+            last_activity_report: None,
+            speech_since_report: false,
         }
-        PlatformEvent::ParticipantLeft { id } => {
-            debug!(participant = %id, "Participant left.");
-            if let Some(mut p) = pipelines.remove(&id) {
-                if let Some(u) = p.finish() {
-                    submit(u, tasks, pending);
+    }
+
+    /// Turns one platform event into lifecycle inputs and finished utterances.
+    fn on_event(
+        &mut self,
+        ev: PlatformEvent,
+        capturing: bool,
+        rec: &mut Option<Recording>,
+        inputs: &mut Vec<Input>,
+        utterances: &mut Vec<Utterance>,
+    ) {
+        match ev {
+            PlatformEvent::Waiting => {
+                debug!("Waiting to be admitted.");
+                inputs.push(Input::Waiting);
+            }
+            PlatformEvent::Admitted => inputs.push(Input::Admitted),
+            PlatformEvent::ParticipantJoined { id, name } => {
+                debug!(participant = %id, "Participant joined.");
+                self.names.insert(id.clone(), name);
+                self.present.insert(id);
+                inputs.push(Input::ParticipantCount(self.present.len()));
+            }
+            PlatformEvent::ParticipantLeft { id } => {
+                debug!(participant = %id, "Participant left.");
+                if let Some(mut p) = self.pipelines.remove(&id) {
+                    utterances.extend(p.finish());
                 }
+                self.present.remove(&id);
+                inputs.push(Input::ParticipantCount(self.present.len()));
             }
-        }
-        PlatformEvent::Audio { id, packet } => {
-            if !lc.is_capturing() {
-                return;
-            }
-            let Some(rec) = rec.as_mut() else { return };
-            if let Err(e) = rec.append(&id, &packet) {
-                error!(error = %e, "Cannot append to the encrypted recording.");
-                inputs.push(Input::PlatformFailed {
-                    reason: format!("recording: {e}"),
-                });
-                return;
-            }
-            let p = match pipelines.entry(id.clone()) {
-                std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
-                std::collections::btree_map::Entry::Vacant(v) => {
-                    match ParticipantPipeline::new(id.clone(), vad) {
-                        Ok(p) => v.insert(p),
-                        Err(e) => {
-                            inputs.push(Input::PlatformFailed {
-                                reason: format!("audio pipeline: {e}"),
-                            });
-                            return;
+            PlatformEvent::Audio { id, packet } => {
+                if !capturing {
+                    return;
+                }
+                let Some(rec) = rec.as_mut() else { return };
+                if let Err(e) = rec.append(&id, &packet) {
+                    error!(error = %e, "Cannot append to the encrypted recording.");
+                    inputs.push(Input::PlatformFailed {
+                        reason: format!("recording: {e}"),
+                    });
+                    return;
+                }
+                let p = match self.pipelines.entry(id.clone()) {
+                    std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+                    std::collections::btree_map::Entry::Vacant(v) => {
+                        match ParticipantPipeline::new(id.clone(), &self.vad) {
+                            Ok(p) => v.insert(p),
+                            Err(e) => {
+                                inputs.push(Input::PlatformFailed {
+                                    reason: format!("audio pipeline: {e}"),
+                                });
+                                return;
+                            }
                         }
                     }
+                };
+                let before = utterances.len();
+                utterances.extend(p.push(&packet));
+                self.speech_since_report |= utterances.len() > before;
+                let now = Instant::now();
+                if self
+                    .last_activity_report
+                    .is_none_or(|t| now.duration_since(t) >= ACTIVITY_REPORT_EVERY)
+                {
+                    self.last_activity_report = Some(now);
+                    inputs.push(Input::MediaActivity {
+                        speech: std::mem::take(&mut self.speech_since_report),
+                    });
                 }
-            };
-            for u in p.push(&packet) {
-                submit(u, tasks, pending);
             }
+            PlatformEvent::Ended { reason } => inputs.push(Input::CallEnded {
+                reason: reason.as_str().into(),
+            }),
         }
-        PlatformEvent::Ended { reason } => inputs.push(Input::CallEnded {
-            reason: reason.as_str().into(),
-        }),
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::core::lifecycle::LifecycleConfig;
+use crate::core::lifecycle::{AutoLeaveConfig, LifecycleConfig};
 use crate::core::vad::VadConfig;
 use crate::pii::Secret;
 
@@ -36,6 +36,8 @@ pub struct Config {
     pub vad: VadConfig,
     /// `[lifecycle]`
     pub lifecycle: LifecycleSection,
+    /// `[auto_leave]`
+    pub auto_leave: AutoLeaveSection,
     /// `[stt_serve]`
     pub stt_serve: SttServeConfig,
     /// `[log]`
@@ -179,6 +181,27 @@ pub struct LifecycleSection {
     /// Commit retry delay cap.
     #[serde(with = "humantime_serde")]
     pub commit_retry_max: Duration,
+}
+
+/// `[auto_leave]` — zero disables a rule.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutoLeaveSection {
+    /// Leave this long after the last other participant left.
+    #[serde(with = "humantime_serde")]
+    pub everyone_left: Duration,
+    /// Leave if nobody else joined within this long of admission.
+    #[serde(with = "humantime_serde")]
+    pub noone_joined: Duration,
+    /// Leave after this long in the call.
+    #[serde(with = "humantime_serde")]
+    pub max_duration: Duration,
+    /// Leave after this long without speech while audio arrives.
+    #[serde(with = "humantime_serde")]
+    pub silence: Duration,
+    /// Give up after this long in a waiting room.
+    #[serde(with = "humantime_serde")]
+    pub waiting_room: Duration,
 }
 
 /// `[stt_serve]`
@@ -334,6 +357,13 @@ impl Config {
             max_recording_age: self.recording.max_age,
             commit_retry_initial: self.lifecycle.commit_retry_initial,
             commit_retry_max: self.lifecycle.commit_retry_max,
+            auto_leave: AutoLeaveConfig {
+                everyone_left: self.auto_leave.everyone_left,
+                noone_joined: self.auto_leave.noone_joined,
+                max_duration: self.auto_leave.max_duration,
+                silence: self.auto_leave.silence,
+                waiting_room: self.auto_leave.waiting_room,
+            },
         }
     }
 }

@@ -34,7 +34,41 @@ pub struct LifecycleConfig {
     pub commit_retry_initial: Duration,
     /// Cap on the commit retry delay.
     pub commit_retry_max: Duration,
+    /// When the bot leaves on its own.
+    pub auto_leave: AutoLeaveConfig,
 }
+
+/// Auto-leave rules. A zero duration disables its rule. Every way out goes
+/// through commit and deletion like any other end of call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AutoLeaveConfig {
+    /// Leave this long after the last other participant left.
+    pub everyone_left: Duration,
+    /// Leave if nobody else joined within this long of admission.
+    pub noone_joined: Duration,
+    /// Leave after this long in the call, whatever happens.
+    pub max_duration: Duration,
+    /// Leave after this long without speech — only while audio is arriving.
+    /// No audio at all is a capture fault, not silence, and never triggers it.
+    pub silence: Duration,
+    /// Give up after this long in a waiting room (instead of `join_timeout`).
+    pub waiting_room: Duration,
+}
+
+impl Default for AutoLeaveConfig {
+    fn default() -> Self {
+        AutoLeaveConfig {
+            everyone_left: Duration::from_secs(5),
+            noone_joined: Duration::from_secs(600),
+            max_duration: Duration::from_secs(4 * 3600),
+            silence: Duration::from_secs(1800),
+            waiting_room: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Audio counts as arriving if a packet came within this window.
+pub const MEDIA_HEALTHY_WINDOW: Duration = Duration::from_secs(5);
 
 impl Default for LifecycleConfig {
     fn default() -> Self {
@@ -44,6 +78,7 @@ impl Default for LifecycleConfig {
             max_recording_age: Duration::from_secs(24 * 3600),
             commit_retry_initial: Duration::from_secs(1),
             commit_retry_max: Duration::from_secs(300),
+            auto_leave: AutoLeaveConfig::default(),
         }
     }
 }
@@ -85,8 +120,18 @@ impl Status {
 /// What happened, as told by the shell.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Input {
+    /// The platform put the bot in a waiting room / lobby.
+    Waiting,
     /// The platform admitted the bot.
     Admitted,
+    /// How many other participants are in the meeting now.
+    ParticipantCount(usize),
+    /// Audio arrived (the shell reports at most about once a second);
+    /// `speech` when the VAD heard speech since the last report.
+    MediaActivity {
+        /// Whether speech was detected.
+        speech: bool,
+    },
     /// The platform says the meeting is over (`reason` is a stable code).
     CallEnded {
         /// Stable snake_case code, e.g. `replay_finished`.
@@ -174,6 +219,13 @@ pub struct Lifecycle {
     phase: Phase,
     started: Instant,
     join_deadline: Instant,
+    admitted_at: Option<Instant>,
+    waiting: bool,
+    others: usize,
+    anyone_joined: bool,
+    alone_since: Option<Instant>,
+    last_speech: Option<Instant>,
+    last_media: Option<Instant>,
     stop_deadline: Option<Instant>,
     stop_count: u32,
     next_commit_at: Option<Instant>,
@@ -195,6 +247,13 @@ impl Lifecycle {
             phase: Phase::Joining,
             started: now,
             join_deadline,
+            admitted_at: None,
+            waiting: false,
+            others: 0,
+            anyone_joined: false,
+            alone_since: None,
+            last_speech: None,
+            last_media: None,
             stop_deadline: None,
             stop_count: 0,
             next_commit_at: None,
@@ -254,7 +313,11 @@ impl Lifecycle {
                     consider(d);
                 }
             }
-            Phase::InCall => {}
+            Phase::InCall => {
+                if let Some((at, _)) = self.next_auto_leave() {
+                    consider(at);
+                }
+            }
         }
         consider(self.started + self.cfg.max_recording_age);
         t
@@ -285,10 +348,31 @@ impl Lifecycle {
         match self.phase {
             Phase::Joining if now >= self.join_deadline => {
                 self.outputs.push_back(Output::Leave);
-                self.fail_and_delete(format!(
-                    "not admitted to the meeting within {}",
-                    humanize(self.cfg.join_timeout)
-                ));
+                let why = if self.waiting {
+                    format!(
+                        "timeout_exceeded_waiting_room: not admitted from the waiting room within {}",
+                        humanize(self.cfg.auto_leave.waiting_room)
+                    )
+                } else {
+                    format!(
+                        "not admitted to the meeting within {}",
+                        humanize(self.cfg.join_timeout)
+                    )
+                };
+                self.fail_and_delete(why);
+            }
+            Phase::InCall => {
+                if let Some((at, reason)) = self.next_auto_leave() {
+                    if now >= at {
+                        if reason == "silence" && !self.media_healthy(now) {
+                            // Capture fault, not silence: wait for audio to return.
+                            self.last_speech = Some(now);
+                        } else {
+                            self.outputs.push_back(Output::Leave);
+                            self.end_call(reason.into());
+                        }
+                    }
+                }
             }
             Phase::Transcribing => {
                 if let Some(d) = self.stop_deadline {
@@ -327,9 +411,37 @@ impl Lifecycle {
         match (self.phase, input) {
             (Phase::Finished, _) => {}
             (_, Input::StopRequested) => self.on_stop(now),
+            (Phase::Joining, Input::Waiting) => {
+                if !self.waiting {
+                    self.waiting = true;
+                    if !self.cfg.auto_leave.waiting_room.is_zero() {
+                        self.join_deadline = now + self.cfg.auto_leave.waiting_room;
+                    }
+                }
+            }
             (Phase::Joining, Input::Admitted) => {
                 self.phase = Phase::InCall;
+                self.admitted_at = Some(now);
+                self.last_speech = Some(now);
+                if self.others == 0 && self.anyone_joined {
+                    self.alone_since = Some(now);
+                }
                 self.status(Status::InCallRecording, None);
+            }
+            (Phase::Joining | Phase::InCall, Input::ParticipantCount(n)) => {
+                if n > 0 {
+                    self.anyone_joined = true;
+                    self.alone_since = None;
+                } else if self.others > 0 || (self.anyone_joined && self.alone_since.is_none()) {
+                    self.alone_since = Some(now);
+                }
+                self.others = n;
+            }
+            (Phase::Joining | Phase::InCall, Input::MediaActivity { speech }) => {
+                self.last_media = Some(now);
+                if speech {
+                    self.last_speech = Some(now);
+                }
             }
             (Phase::Joining, Input::CallEnded { reason }) => {
                 self.fail_and_delete(format!(
@@ -411,6 +523,33 @@ impl Lifecycle {
             }
             _ => {}
         }
+    }
+
+    /// The earliest auto-leave deadline in the call and its reason code.
+    fn next_auto_leave(&self) -> Option<(Instant, &'static str)> {
+        let a = &self.cfg.auto_leave;
+        let admitted = self.admitted_at?;
+        let mut best: Option<(Instant, &'static str)> = None;
+        let mut consider = |d: Duration, from: Option<Instant>, why: &'static str| {
+            if let (false, Some(from)) = (d.is_zero(), from) {
+                let at = from + d;
+                if best.is_none_or(|(b, _)| at < b) {
+                    best = Some((at, why));
+                }
+            }
+        };
+        consider(a.max_duration, Some(admitted), "max_duration_exceeded");
+        consider(a.everyone_left, self.alone_since, "everyone_left");
+        if !self.anyone_joined {
+            consider(a.noone_joined, Some(admitted), "noone_joined");
+        }
+        consider(a.silence, self.last_speech, "silence");
+        best
+    }
+
+    fn media_healthy(&self, now: Instant) -> bool {
+        self.last_media
+            .is_some_and(|t| now.saturating_duration_since(t) <= MEDIA_HEALTHY_WINDOW)
     }
 
     fn start_commit_or_skip(&mut self) {
@@ -781,6 +920,160 @@ mod tests {
         assert!(s.last_reason().unwrap().contains("deletion failed"));
     }
 
+    fn call_ended_reason(s: &Sim) -> Option<String> {
+        s.log.iter().find_map(|o| match o {
+            Output::Status {
+                status: Status::CallEnded,
+                reason,
+            } => reason.clone(),
+            _ => None,
+        })
+    }
+
+    fn admitted_sim(auto_leave: AutoLeaveConfig) -> Sim {
+        let mut s = Sim::new(LifecycleConfig {
+            auto_leave,
+            ..Default::default()
+        });
+        s.input(Input::Admitted);
+        s
+    }
+
+    #[test]
+    fn leaves_a_few_seconds_after_everyone_left() {
+        let mut s = admitted_sim(AutoLeaveConfig::default());
+        s.input(Input::ParticipantCount(2));
+        s.advance(Duration::from_secs(60));
+        s.input(Input::ParticipantCount(1));
+        s.advance(Duration::from_secs(60));
+        assert_eq!(call_ended_reason(&s), None);
+        s.input(Input::ParticipantCount(0));
+        s.advance(Duration::from_secs(4));
+        assert_eq!(call_ended_reason(&s), None);
+        // Someone comes back: the countdown stops.
+        s.input(Input::ParticipantCount(1));
+        s.advance(Duration::from_secs(60));
+        assert_eq!(call_ended_reason(&s), None);
+        s.input(Input::ParticipantCount(0));
+        s.advance(Duration::from_secs(5));
+        assert_eq!(call_ended_reason(&s).as_deref(), Some("everyone_left"));
+        assert!(s.log.contains(&Output::Leave));
+        assert!(s.log.contains(&Output::FinishTranscription));
+    }
+
+    #[test]
+    fn leaves_when_nobody_joins() {
+        let mut s = admitted_sim(AutoLeaveConfig {
+            noone_joined: Duration::from_secs(600),
+            ..Default::default()
+        });
+        s.advance(Duration::from_secs(599));
+        assert_eq!(call_ended_reason(&s), None);
+        s.advance(Duration::from_secs(2));
+        assert_eq!(call_ended_reason(&s).as_deref(), Some("noone_joined"));
+    }
+
+    #[test]
+    fn someone_joining_cancels_noone_joined() {
+        let mut s = admitted_sim(AutoLeaveConfig::default());
+        s.input(Input::ParticipantCount(1));
+        for _ in 0..60 {
+            s.input(Input::MediaActivity { speech: true });
+            s.advance(Duration::from_secs(60));
+        }
+        assert_eq!(call_ended_reason(&s), None);
+    }
+
+    #[test]
+    fn max_duration_ends_the_call() {
+        let mut s = admitted_sim(AutoLeaveConfig {
+            max_duration: Duration::from_secs(3600),
+            silence: Duration::ZERO,
+            ..Default::default()
+        });
+        s.input(Input::ParticipantCount(3));
+        s.advance(Duration::from_secs(3601));
+        assert_eq!(
+            call_ended_reason(&s).as_deref(),
+            Some("max_duration_exceeded")
+        );
+    }
+
+    #[test]
+    fn silence_only_counts_while_audio_arrives() {
+        let cfg = AutoLeaveConfig {
+            silence: Duration::from_secs(300),
+            ..Default::default()
+        };
+        // No audio at all for an hour: a capture fault, never "silence".
+        let mut dead = admitted_sim(cfg.clone());
+        dead.input(Input::ParticipantCount(2));
+        dead.advance(Duration::from_secs(3000));
+        assert_eq!(call_ended_reason(&dead), None);
+        // Audio arriving, nobody speaking: silence after 300 s.
+        let mut quiet = admitted_sim(cfg);
+        quiet.input(Input::ParticipantCount(2));
+        quiet.input(Input::MediaActivity { speech: true });
+        for _ in 0..299 {
+            quiet.advance(Duration::from_secs(1));
+            quiet.input(Input::MediaActivity { speech: false });
+        }
+        assert_eq!(call_ended_reason(&quiet), None);
+        for _ in 0..3 {
+            quiet.advance(Duration::from_secs(1));
+            quiet.input(Input::MediaActivity { speech: false });
+        }
+        assert_eq!(call_ended_reason(&quiet).as_deref(), Some("silence"));
+    }
+
+    #[test]
+    fn waiting_room_has_its_own_timeout() {
+        let mut s = Sim::new(LifecycleConfig {
+            join_timeout: Duration::from_secs(30),
+            auto_leave: AutoLeaveConfig {
+                waiting_room: Duration::from_secs(600),
+                ..Default::default()
+            },
+            ..Default::default()
+        });
+        s.input(Input::Waiting);
+        s.advance(Duration::from_secs(300));
+        assert_eq!(s.count(is_delete), 0, "still waiting, not timed out");
+        s.input(Input::Admitted);
+        assert_eq!(s.statuses().last(), Some(&"in_call_recording"));
+
+        let mut t = Sim::new(LifecycleConfig {
+            auto_leave: AutoLeaveConfig {
+                waiting_room: Duration::from_secs(600),
+                ..Default::default()
+            },
+            ..Default::default()
+        });
+        t.input(Input::Waiting);
+        t.advance(Duration::from_secs(601));
+        assert_eq!(t.count(is_delete), 1);
+        t.input(Input::RecordingDeleted);
+        assert!(t
+            .last_reason()
+            .unwrap()
+            .contains("timeout_exceeded_waiting_room"));
+    }
+
+    #[test]
+    fn zero_disables_a_rule() {
+        let mut s = admitted_sim(AutoLeaveConfig {
+            everyone_left: Duration::ZERO,
+            noone_joined: Duration::ZERO,
+            max_duration: Duration::ZERO,
+            silence: Duration::ZERO,
+            waiting_room: Duration::ZERO,
+        });
+        s.input(Input::ParticipantCount(1));
+        s.input(Input::ParticipantCount(0));
+        s.advance(Duration::from_secs(20 * 3600));
+        assert_eq!(call_ended_reason(&s), None);
+    }
+
     #[test]
     fn every_input_order_ends_with_exactly_one_delete() {
         // A small exhaustive exploration: any sequence of inputs (up to length 5)
@@ -788,6 +1081,7 @@ mod tests {
         // DeleteRecording and one Exit.
         let inputs = [
             Input::Admitted,
+            Input::ParticipantCount(0),
             Input::CallEnded { reason: "x".into() },
             Input::StopRequested,
             Input::PlatformFailed { reason: "p".into() },
