@@ -411,12 +411,10 @@ impl Lifecycle {
         match (self.phase, input) {
             (Phase::Finished, _) => {}
             (_, Input::StopRequested) => self.on_stop(now),
-            (Phase::Joining, Input::Waiting) => {
-                if !self.waiting {
-                    self.waiting = true;
-                    if !self.cfg.auto_leave.waiting_room.is_zero() {
-                        self.join_deadline = now + self.cfg.auto_leave.waiting_room;
-                    }
+            (Phase::Joining, Input::Waiting) if !self.waiting => {
+                self.waiting = true;
+                if !self.cfg.auto_leave.waiting_room.is_zero() {
+                    self.join_deadline = now + self.cfg.auto_leave.waiting_room;
                 }
             }
             (Phase::Joining, Input::Admitted) => {
