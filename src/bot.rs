@@ -30,7 +30,7 @@ use crate::status::{self, ReceiptInfo, StatusLine, TranscriptInfo};
 use crate::store::{Committed, TranscriptStore};
 use crate::stt::retry::{transcribe_with_retry, RetryPolicy};
 use crate::stt::SttProvider;
-use crate::transcript::{ParticipantDoc, SegmentDoc, TranscriptDoc, SCHEMA};
+use crate::transcript::{GapDoc, ParticipantDoc, SegmentDoc, TranscriptDoc, SCHEMA};
 
 /// What to join and on whose behalf.
 #[derive(Debug, Clone)]
@@ -167,7 +167,13 @@ pub async fn run(
     let stt_permits = Arc::new(Semaphore::new(comps.stt_concurrency.max(1)));
     let mut pending_stt = 0usize;
     let mut draining = false;
+    let mut abandoned = false;
     let mut complete = true;
+    let mut stt_ok = 0usize;
+    let mut stt_failed = 0usize;
+    let mut stt_failed_in_a_row = 0usize;
+    let mut last_stt_error: Option<String> = None;
+    let mut gaps: Vec<GapDoc> = Vec::new();
 
     let mut capture = Capture::new(comps.vad.clone());
     let mut segments: Vec<SegmentDoc> = Vec::new();
@@ -253,7 +259,7 @@ pub async fn run(
                     }
                     draining = true;
                     if pending_stt == 0 {
-                        inputs.push(Input::TranscriptionDrained);
+                        inputs.push(drained(stt_ok, stt_failed, &last_stt_error));
                     }
                 }
                 Output::AbandonTranscription => {
@@ -264,6 +270,7 @@ pub async fn run(
                     stt_tasks.abort_all();
                     pending_stt = 0;
                     draining = false;
+                    abandoned = true;
                 }
                 Output::Commit => {
                     let mut doc = TranscriptDoc {
@@ -286,6 +293,7 @@ pub async fn run(
                         model: comps.stt.model().to_string(),
                         language: req.language.clone(),
                         complete,
+                        gaps: gaps.clone(),
                     };
                     doc.normalize();
                     let store = comps.store.clone();
@@ -297,6 +305,11 @@ pub async fn run(
                 } => {
                     stt_tasks.abort_all();
                     leave.cancel();
+                    // A commit still in flight after the grace ran out must not
+                    // land after the receipt says "not committed".
+                    if let Some(t) = commit_task.take() {
+                        t.abort();
+                    }
                     // The lifecycle emits exactly one DeleteRecording, so the recording is still here.
                     let Some(r) = rec.take() else { continue };
                     match destroy_and_receipt(
@@ -308,9 +321,14 @@ pub async fn run(
                     )
                     .await
                     {
-                        Ok(info) => {
+                        Ok((info, None)) => {
                             receipt_info = Some(info);
                             inputs.push(Input::RecordingDeleted);
+                        }
+                        Ok((info, Some(receipt_error))) => {
+                            error!(error = %receipt_error, "Recording destroyed but its receipt could not be appended to the audit log: operator action needed.");
+                            receipt_info = Some(info);
+                            inputs.push(Input::ReceiptFailed { reason: receipt_error });
                         }
                         Err(e) => {
                             error!(error = %e, "Recording deletion failed: operator action needed.");
@@ -342,14 +360,14 @@ pub async fn run(
             },
             Some(res) = async { match platform_task.as_mut() { Some(t) => Some(t.await), None => None } }, if platform_task.is_some() => {
                 platform_task = None;
+                // Whatever the outcome, audio already queued was captured: keep it.
+                while let Ok(ev) = ev_rx.try_recv() {
+                    let mut utts = Vec::new();
+                    capture.on_event(ev, lc.is_capturing(), &mut rec, &mut inputs, &mut utts);
+                    for u in utts { submit(u, &mut stt_tasks, &mut pending_stt); }
+                }
                 match res {
                     Ok(Ok(())) => {
-                        // Drain anything still queued.
-                        while let Ok(ev) = ev_rx.try_recv() {
-                            let mut utts = Vec::new();
-                            capture.on_event(ev, lc.is_capturing(), &mut rec, &mut inputs, &mut utts);
-                            for u in utts { submit(u, &mut stt_tasks, &mut pending_stt); }
-                        }
                         inputs.push(Input::CallEnded { reason: "left".into() });
                     }
                     Ok(Err(e)) => {
@@ -363,10 +381,12 @@ pub async fn run(
                 info!("Stop requested: leaving, then transcribing, committing and deleting.");
                 inputs.push(Input::StopRequested);
             },
-            Some(r) = stt_rx.recv() => {
+            Some(r) = stt_rx.recv(), if !abandoned => {
                 pending_stt = pending_stt.saturating_sub(1);
                 match r.result {
                     Ok(segs) => {
+                        stt_ok += 1;
+                        stt_failed_in_a_row = 0;
                         let span = r.end_ms.saturating_sub(r.start_ms);
                         for s in segs {
                             let text = s.text.trim().to_string();
@@ -378,12 +398,37 @@ pub async fn run(
                         }
                     }
                     Err(e) => {
-                        error!(error = %e, "Transcription failed after retries.");
-                        inputs.push(Input::TranscriptionFailed { reason: e.to_string() });
+                        // One lost utterance is a gap in the transcript, not a lost
+                        // meeting; a provider that keeps failing is fatal.
+                        stt_failed += 1;
+                        stt_failed_in_a_row += 1;
+                        complete = false;
+                        warn!(error = %e, start_ms = r.start_ms, end_ms = r.end_ms, "Transcription of an utterance failed after retries.");
+                        gaps.push(GapDoc { start_ms: r.start_ms, end_ms: r.end_ms, speaker_id: Some(r.participant.0.clone()), kind: "transcription_failed".into() });
+                        last_stt_error = Some(e.to_string());
+                        if stt_failed_in_a_row >= MAX_STT_FAILURES_IN_A_ROW {
+                            error!("Transcription keeps failing: giving up.");
+                            inputs.push(Input::TranscriptionFailed { reason: format!("{e} ({stt_failed_in_a_row} utterances in a row failed)") });
+                        }
                     }
                 }
                 if draining && pending_stt == 0 {
-                    inputs.push(Input::TranscriptionDrained);
+                    inputs.push(drained(stt_ok, stt_failed, &last_stt_error));
+                }
+            },
+            Some(joined) = stt_tasks.join_next(), if !stt_tasks.is_empty() => {
+                // Results arrive on the channel; a task that panicked sends none.
+                if let Err(e) = joined {
+                    if e.is_panic() && !abandoned {
+                        error!("A transcription task panicked.");
+                        pending_stt = pending_stt.saturating_sub(1);
+                        stt_failed += 1;
+                        complete = false;
+                        last_stt_error = Some("transcription task panicked".into());
+                        if draining && pending_stt == 0 {
+                            inputs.push(drained(stt_ok, stt_failed, &last_stt_error));
+                        }
+                    }
                 }
             },
             Some(res) = async { match commit_task.as_mut() { Some(t) => Some(t.await), None => None } }, if commit_task.is_some() => {
@@ -410,6 +455,24 @@ pub async fn run(
     stt_tasks.abort_all();
     debug!("Run finished.");
     Outcome { success }
+}
+
+/// Consecutive failed utterances after which transcription counts as failed.
+const MAX_STT_FAILURES_IN_A_ROW: usize = 3;
+
+/// What to tell the lifecycle once nothing is pending: drained, unless every
+/// utterance failed.
+fn drained(ok: usize, failed: usize, last_error: &Option<String>) -> Input {
+    if ok == 0 && failed > 0 {
+        Input::TranscriptionFailed {
+            reason: format!(
+                "{} (all {failed} utterances failed)",
+                last_error.as_deref().unwrap_or("unknown error")
+            ),
+        }
+    } else {
+        Input::TranscriptionDrained
+    }
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -537,13 +600,16 @@ async fn create_recording(req: &JoinRequest, comps: &Components) -> anyhow::Resu
     Ok(rec)
 }
 
+/// Destroys the recording, then appends its receipt. `Err` means the
+/// recording may still exist; `Ok((info, Some(error)))` means it is gone but
+/// the receipt could not be appended (it still goes out on the status line).
 async fn destroy_and_receipt(
     rec: Recording,
     audit: &Arc<AuditLog>,
     was_committed: bool,
     committed: Option<&Committed>,
     reason: Option<String>,
-) -> anyhow::Result<ReceiptInfo> {
+) -> anyhow::Result<(ReceiptInfo, Option<String>)> {
     let report = tokio::task::spawn_blocking(move || rec.destroy()).await??;
     let receipt = DeletionReceipt {
         recording_id: report.recording_id,
@@ -565,15 +631,38 @@ async fn destroy_and_receipt(
     };
     let audit2 = audit.clone();
     let r2 = receipt.clone();
-    let entry = tokio::task::spawn_blocking(move || audit2.append(&r2)).await??;
-    info!(
-        audit_seq = entry.seq,
-        "Recording destroyed; deletion receipt appended."
-    );
-    Ok(ReceiptInfo {
-        receipt,
-        audit_seq: entry.seq,
-        audit_hash: entry.hash,
-        audit_log: audit.path().display().to_string(),
-    })
+    let appended = tokio::task::spawn_blocking(move || audit2.append(&r2)).await;
+    let audit_log = audit.path().display().to_string();
+    match appended {
+        Ok(Ok(entry)) => {
+            info!(audit_seq = entry.seq, "Deletion receipt appended.");
+            Ok((
+                ReceiptInfo {
+                    receipt,
+                    audit_seq: Some(entry.seq),
+                    audit_hash: Some(entry.hash),
+                    audit_log,
+                },
+                None,
+            ))
+        }
+        Ok(Err(e)) => Ok((
+            ReceiptInfo {
+                receipt,
+                audit_seq: None,
+                audit_hash: None,
+                audit_log,
+            },
+            Some(e.to_string()),
+        )),
+        Err(e) => Ok((
+            ReceiptInfo {
+                receipt,
+                audit_seq: None,
+                audit_hash: None,
+                audit_log,
+            },
+            Some(format!("audit task failed: {e}")),
+        )),
+    }
 }

@@ -93,6 +93,25 @@ pub enum AuditCommand {
     },
 }
 
+/// Disables core dumps and marks the process non-dumpable (no ptrace or
+/// /proc/<pid>/mem access by same-user processes). Failures are reported on
+/// stderr but do not stop the bot: neither call can fail on Linux in practice.
+pub fn harden_process() {
+    use rustix::process::{setrlimit, Resource, Rlimit};
+    if let Err(e) = setrlimit(
+        Resource::Core,
+        Rlimit {
+            current: Some(0),
+            maximum: Some(0),
+        },
+    ) {
+        eprintln!("meetbot: warning: cannot disable core dumps: {e}");
+    }
+    if let Err(e) = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable) {
+        eprintln!("meetbot: warning: cannot mark the process non-dumpable: {e}");
+    }
+}
+
 /// Loads configuration from the defaults, the file and the environment.
 pub fn load_config(cli: &Cli) -> Result<Config, crate::config::ConfigError> {
     Config::load(cli.config.as_deref(), std::env::vars())

@@ -4,6 +4,11 @@ use clap::Parser;
 use meetbot::cli::{self, AuditCommand, Cli, Command};
 
 fn main() {
+    // Before anything sensitive is in memory: a crash must never write a core
+    // file holding plaintext audio or keys (containers often inherit an
+    // unlimited core size), and other processes of the same user must not
+    // ptrace us or read /proc/<pid>/mem.
+    meetbot::cli::harden_process();
     let cli = Cli::parse();
     let cfg = match cli::load_config(&cli) {
         Ok(c) => c,

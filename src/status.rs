@@ -55,10 +55,10 @@ pub struct ReceiptInfo {
     /// The receipt body.
     #[serde(flatten)]
     pub receipt: DeletionReceipt,
-    /// Position in the audit log.
-    pub audit_seq: u64,
+    /// Position in the audit log (absent if it could not be appended).
+    pub audit_seq: Option<u64>,
     /// Hash of the audit entry (chains to the previous entry).
-    pub audit_hash: String,
+    pub audit_hash: Option<String>,
     /// The audit log file.
     pub audit_log: String,
 }

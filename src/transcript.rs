@@ -34,8 +34,26 @@ pub struct TranscriptDoc {
     pub model: String,
     /// Language transcribed.
     pub language: String,
-    /// False when transcription was cut short (shutdown grace ran out).
+    /// False when something is missing: transcription cut short by the
+    /// shutdown grace, or utterances whose transcription failed (see `gaps`).
     pub complete: bool,
+    /// Stretches of the meeting that are not in `segments` and why.
+    #[serde(default)]
+    pub gaps: Vec<GapDoc>,
+}
+
+/// A stretch of the meeting missing from the transcript.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GapDoc {
+    /// Start on the meeting clock, ms.
+    pub start_ms: u64,
+    /// End on the meeting clock, ms.
+    pub end_ms: u64,
+    /// Whose audio, when it concerns one participant.
+    pub speaker_id: Option<String>,
+    /// Why: `transcription_failed`, `rejoin`, …
+    pub kind: String,
 }
 
 /// A participant.
@@ -165,6 +183,7 @@ mod tests {
             model: "tiny.en".into(),
             language: "en".into(),
             complete: true,
+            gaps: vec![],
         }
     }
 

@@ -162,6 +162,12 @@ pub enum Input {
     },
     /// The recording is destroyed and the receipt appended.
     RecordingDeleted,
+    /// The recording is destroyed but its receipt could not be appended to
+    /// the audit log (the receipt still goes out on the final status line).
+    ReceiptFailed {
+        /// Cause.
+        reason: String,
+    },
     /// Destroying the recording failed.
     DeletionFailed {
         /// Cause.
@@ -219,6 +225,9 @@ pub struct Lifecycle {
     phase: Phase,
     started: Instant,
     join_deadline: Instant,
+    /// When the recording must be gone. Starts at `started + max_recording_age`;
+    /// reaching it in the call ends the call and extends it by the grace.
+    age_deadline: Instant,
     admitted_at: Option<Instant>,
     waiting: bool,
     others: usize,
@@ -242,11 +251,13 @@ impl Lifecycle {
     /// Starts the machine at `now` in `joining`.
     pub fn new(cfg: LifecycleConfig, now: Instant) -> Self {
         let join_deadline = now + cfg.join_timeout;
+        let age_deadline = now + cfg.max_recording_age;
         let mut lc = Lifecycle {
             cfg,
             phase: Phase::Joining,
             started: now,
             join_deadline,
+            age_deadline,
             admitted_at: None,
             waiting: false,
             others: 0,
@@ -319,7 +330,7 @@ impl Lifecycle {
                 }
             }
         }
-        consider(self.started + self.cfg.max_recording_age);
+        consider(self.age_deadline);
         t
     }
 
@@ -328,21 +339,35 @@ impl Lifecycle {
         if self.phase == Phase::Finished || self.phase == Phase::Deleting {
             return;
         }
-        if now >= self.started + self.cfg.max_recording_age {
-            let why = match &self.last_commit_error {
-                Some(e) => format!(
-                    "transcript not committed within the recording's maximum age ({}); last commit error: {e}",
-                    humanize(self.cfg.max_recording_age)
-                ),
-                None => format!(
-                    "recording reached its maximum age ({}) before the transcript was committed",
-                    humanize(self.cfg.max_recording_age)
-                ),
-            };
-            if matches!(self.phase, Phase::Joining | Phase::InCall) {
-                self.outputs.push_back(Output::Leave);
+        if now >= self.age_deadline {
+            let age = humanize(self.cfg.max_recording_age);
+            match self.phase {
+                Phase::InCall => {
+                    // End the call like a stop: what was captured is still
+                    // transcribed and committed, within the grace.
+                    self.outputs.push_back(Output::Leave);
+                    self.age_deadline = now + self.cfg.grace;
+                    self.stop_deadline.get_or_insert(now + self.cfg.grace);
+                    self.end_call("max_recording_age_reached".into());
+                }
+                Phase::Joining => {
+                    self.outputs.push_back(Output::Leave);
+                    self.fail_and_delete(format!(
+                        "transcript not committed: the recording reached its maximum age ({age}) before the bot was admitted"
+                    ));
+                }
+                _ => {
+                    let why = match &self.last_commit_error {
+                        Some(e) => format!(
+                            "transcript not committed within the recording's maximum age ({age}); last commit error: {e}"
+                        ),
+                        None => format!(
+                            "transcript not committed: the recording reached its maximum age ({age}) first"
+                        ),
+                    };
+                    self.fail_and_delete(why);
+                }
             }
-            self.fail_and_delete(why);
             return;
         }
         match self.phase {
@@ -483,6 +508,17 @@ impl Lifecycle {
             }
             (Phase::Deleting, Input::RecordingDeleted) => {
                 self.status(Status::RecordingDeleted, None);
+                self.finish();
+            }
+            (Phase::Deleting, Input::ReceiptFailed { reason }) => {
+                self.status(Status::RecordingDeleted, None);
+                let why = format!(
+                    "recording destroyed, but its deletion receipt could not be appended to the audit log: {reason}"
+                );
+                self.failure = Some(match self.failure.take() {
+                    Some(prev) => format!("{prev}; {why}"),
+                    None => why,
+                });
                 self.finish();
             }
             (Phase::Deleting, Input::DeletionFailed { reason }) => {
@@ -1070,6 +1106,38 @@ mod tests {
         s.input(Input::ParticipantCount(0));
         s.advance(Duration::from_secs(20 * 3600));
         assert_eq!(call_ended_reason(&s), None);
+    }
+
+    #[test]
+    fn max_age_in_the_call_ends_it_and_still_commits_what_was_captured() {
+        let mut s = admitted_sim(AutoLeaveConfig {
+            max_duration: Duration::ZERO,
+            silence: Duration::ZERO,
+            ..Default::default()
+        });
+        s.input(Input::ParticipantCount(1));
+        s.advance(Duration::from_secs(24 * 3600 + 1));
+        assert_eq!(call_ended_reason(&s).as_deref(), Some("max_recording_age_reached"));
+        assert!(s.log.contains(&Output::FinishTranscription));
+        s.input(Input::TranscriptionDrained);
+        s.input(Input::CommitSucceeded);
+        s.input(Input::RecordingDeleted);
+        assert_eq!(s.statuses().last(), Some(&"done"));
+    }
+
+    #[test]
+    fn receipt_failure_after_destroy_is_fatal_but_reports_deletion() {
+        let mut s = Sim::new(LifecycleConfig::default());
+        s.input(Input::Admitted);
+        s.input(Input::CallEnded { reason: "x".into() });
+        s.input(Input::TranscriptionDrained);
+        s.input(Input::CommitSucceeded);
+        s.input(Input::ReceiptFailed {
+            reason: "audit log full".into(),
+        });
+        let st = s.statuses();
+        assert_eq!(&st[st.len() - 2..], ["recording_deleted", "fatal"]);
+        assert!(s.last_reason().unwrap().contains("receipt could not be appended"));
     }
 
     #[test]

@@ -187,6 +187,7 @@ mod tests {
             model: "m".into(),
             language: "en".into(),
             complete: true,
+            gaps: vec![],
         }
     }
 
