@@ -442,6 +442,21 @@ impl AuditLog {
         Ok(entry)
     }
 
+    /// Checks that the log can take another entry (its last line is whole and
+    /// valid), without writing. Run it before recording anything.
+    pub fn check_appendable(&self) -> Result<(), AuditError> {
+        let _in_process = self.in_process.lock().unwrap_or_else(|p| p.into_inner());
+        flock_retrying(&self.file, FlockOperation::LockShared)
+            .map_err(|e| io_err(&self.path, "lock")(e.into()))?;
+        let _guard = LockGuard(&self.file);
+        let len = self
+            .file
+            .metadata()
+            .map_err(io_err(&self.path, "stat"))?
+            .len();
+        self.last_entry(len).map(|_| ())
+    }
+
     /// The last entry of a log `len` bytes long, read from its tail.
     fn last_entry(&self, len: u64) -> Result<Option<AuditEntry>, AuditError> {
         if len == 0 {

@@ -82,6 +82,7 @@ pub fn sweep_spool(cfg: &RecordingConfig, audit: &AuditLog) -> anyhow::Result<us
     }
     let report = recording::sweep_orphans(&cfg.spool_dir)?;
     let n = report.destroyed.len();
+    let mut append_failures = 0usize;
     for r in &report.destroyed {
         let receipt = DeletionReceipt::new(
             r,
@@ -91,7 +92,11 @@ pub fn sweep_spool(cfg: &RecordingConfig, audit: &AuditLog) -> anyhow::Result<us
             },
             std::time::SystemTime::now(),
         );
-        audit.append(&receipt)?;
+        // Keep going: one failed append must not lose the other receipts.
+        if let Err(e) = audit.append(&receipt) {
+            error!(recording_id = %r.recording_id, error = %e, "Swept an orphaned recording but could not append its receipt: operator action needed.");
+            append_failures += 1;
+        }
     }
     for f in &report.failed {
         error!(recording_id = %f.recording_id, error = %f.error, "Could not sweep an orphaned recording: operator action needed.");
@@ -100,6 +105,11 @@ pub fn sweep_spool(cfg: &RecordingConfig, audit: &AuditLog) -> anyhow::Result<us
         warn!(
             recordings = n,
             "Swept orphaned encrypted recordings left by a previous run."
+        );
+    }
+    if append_failures > 0 {
+        anyhow::bail!(
+            "{append_failures} orphaned recording(s) were destroyed but their receipts could not be appended to the audit log"
         );
     }
     Ok(n)
@@ -328,7 +338,9 @@ pub async fn run(
                         Ok((info, Some(receipt_error))) => {
                             error!(error = %receipt_error, "Recording destroyed but its receipt could not be appended to the audit log: operator action needed.");
                             receipt_info = Some(info);
-                            inputs.push(Input::ReceiptFailed { reason: receipt_error });
+                            inputs.push(Input::ReceiptFailed {
+                                reason: receipt_error,
+                            });
                         }
                         Err(e) => {
                             error!(error = %e, "Recording deletion failed: operator action needed.");

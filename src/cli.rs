@@ -107,7 +107,9 @@ pub fn harden_process() {
     ) {
         eprintln!("meetbot: warning: cannot disable core dumps: {e}");
     }
-    if let Err(e) = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable) {
+    if let Err(e) =
+        rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+    {
         eprintln!("meetbot: warning: cannot mark the process non-dumpable: {e}");
     }
 }
@@ -165,6 +167,11 @@ fn build_embedded(_cfg: &Config) -> anyhow::Result<Arc<dyn SttProvider>> {
 
 /// Runs `meetbot join`. Returns the process exit code.
 pub async fn join(mut cfg: Config, args: JoinArgs) -> i32 {
+    // Signals first: a SIGTERM during start-up (key setup, sweep, model load)
+    // must not kill the process without a status line. Stops that arrive
+    // before the meeting starts wait in the channel.
+    let (stop_tx, stop_rx) = mpsc::channel(4);
+    forward_signals(stop_tx);
     let tenant = args
         .tenant
         .clone()
@@ -173,19 +180,29 @@ pub async fn join(mut cfg: Config, args: JoinArgs) -> i32 {
         .meeting_id
         .clone()
         .unwrap_or_else(|| format!("m-{}", uuid::Uuid::new_v4().simple()));
-    let fatal_early = |reason: String| {
+    // Exit 2 for bad configuration or arguments, 1 for everything else.
+    let fatal_with = |code: i32, reason: String| {
+        let safe = |id: &str| {
+            if validate_id("id", id).is_ok() {
+                id.to_string()
+            } else {
+                String::new()
+            }
+        };
         status::print(&StatusLine {
             status: "fatal",
             at: status::now_rfc3339(),
-            meeting_id: meeting_id.clone(),
-            tenant: tenant.clone(),
+            meeting_id: safe(&meeting_id),
+            tenant: safe(&tenant),
             recording_id: None,
             reason: Some(reason),
             transcript: None,
             receipt: None,
         });
-        1
+        code
     };
+    let usage_error = |reason: String| fatal_with(2, reason);
+    let fatal_early = |reason: String| fatal_with(1, reason);
     if let Some(kind) = args.stt {
         cfg.stt.provider = kind;
     }
@@ -196,13 +213,13 @@ pub async fn join(mut cfg: Config, args: JoinArgs) -> i32 {
         cfg.bot.name = name.clone();
     }
     if let Err(e) = cfg.validate() {
-        return fatal_early(e.to_string());
+        return usage_error(e.to_string());
     }
     if let Err(e) = validate_id("tenant", &tenant) {
-        return fatal_early(format!("--tenant: {e}"));
+        return usage_error(format!("--tenant: {e}"));
     }
     if let Err(e) = validate_id("meeting id", &meeting_id) {
-        return fatal_early(format!("--meeting-id: {e}"));
+        return usage_error(format!("--meeting-id: {e}"));
     }
     let url = Pii::new(args.url);
 
@@ -216,9 +233,17 @@ pub async fn join(mut cfg: Config, args: JoinArgs) -> i32 {
         Ok(k) => Arc::new(k),
         Err(e) => return fatal_early(format!("key provider: {e}")),
     };
-    let audit = match AuditLog::open(cfg.paths.audit_log()) {
+    // A log that cannot take a receipt must stop us before anything is
+    // recorded (or swept): a deletion without its receipt is not allowed.
+    let audit = match AuditLog::open(cfg.paths.audit_log())
+        .and_then(|a| a.check_appendable().map(|()| a))
+    {
         Ok(a) => Arc::new(a),
-        Err(e) => return fatal_early(format!("audit log: {e}")),
+        Err(e) => {
+            return fatal_early(format!(
+                "audit log: {e} (inspect it with `meetbot audit verify`)"
+            ))
+        }
     };
     let recording = RecordingConfig {
         spool_dir: cfg.paths.spool_dir(),
@@ -259,8 +284,6 @@ pub async fn join(mut cfg: Config, args: JoinArgs) -> i32 {
         bot_name: cfg.bot.name.clone(),
         language: cfg.stt.language.clone(),
     };
-    let (stop_tx, stop_rx) = mpsc::channel(4);
-    tokio::spawn(forward_signals(stop_tx));
     let mut emit = |l: &StatusLine| status::print(l);
     let outcome = bot::run(req, comps, platform, stop_rx, &mut emit).await;
     if outcome.success {
@@ -270,8 +293,9 @@ pub async fn join(mut cfg: Config, args: JoinArgs) -> i32 {
     }
 }
 
-/// Sends one message per SIGTERM/SIGINT.
-async fn forward_signals(tx: mpsc::Sender<()>) {
+/// Installs SIGTERM/SIGINT handlers now (synchronously) and forwards one
+/// message per signal from a task.
+fn forward_signals(tx: mpsc::Sender<()>) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -282,15 +306,17 @@ async fn forward_signals(tx: mpsc::Sender<()>) {
         );
         return;
     };
-    loop {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            if tx.send(()).await.is_err() {
+                return;
+            }
         }
-        if tx.send(()).await.is_err() {
-            return;
-        }
-    }
+    });
 }
 
 /// Runs `meetbot stt-serve`.

@@ -245,8 +245,20 @@ impl Config {
             let text = std::fs::read_to_string(path).map_err(|e| {
                 ConfigError(format!("cannot read config file {}: {e}", path.display()))
             })?;
-            let layer: toml::Table = toml::from_str(&text)
-                .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+            // toml's Display quotes the offending line, which may hold a
+            // secret: report the message and position only.
+            let layer: toml::Table = toml::from_str(&text).map_err(|e| {
+                let at = e
+                    .span()
+                    .map(|sp| {
+                        let before = &text.as_bytes()[..sp.start.min(text.len())];
+                        let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+                        let col = before.iter().rev().take_while(|&&b| b != b'\n').count() + 1;
+                        format!(" at line {line}, column {col}")
+                    })
+                    .unwrap_or_default();
+                ConfigError(format!("{}{at}: {}", path.display(), e.message().trim()))
+            })?;
             merge(&mut root, layer, "", &path.display().to_string())?;
         }
 
@@ -340,10 +352,18 @@ impl Config {
         if self.stt_serve.max_concurrency == 0 || self.stt_serve.max_concurrency > 64 {
             return bad("stt_serve.max_concurrency", "must be between 1 and 64");
         }
-        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+        if !valid_log_filter(&self.log.level) {
             return bad(
                 "log.level",
-                "is not a valid level or filter (e.g. info, debug)",
+                "must be trace, debug, info, warn, error or off, or directives such as \"info,meetbot=debug\"",
+            );
+        }
+        if !self.auto_leave.max_duration.is_zero()
+            && self.recording.max_age < self.auto_leave.max_duration + self.lifecycle.grace
+        {
+            return bad(
+                "recording.max_age",
+                "must exceed auto_leave.max_duration plus lifecycle.grace, or long meetings would end at max_age",
             );
         }
         Ok(())
@@ -366,6 +386,20 @@ impl Config {
             },
         }
     }
+}
+
+/// A level, or comma-separated directives that each are a level or
+/// `target=level`. (EnvFilter alone accepts any word as a target name, which
+/// would silently turn logging off for a typo such as "verbose".)
+fn valid_log_filter(s: &str) -> bool {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    let level = |l: &str| LEVELS.contains(&l.trim().to_ascii_lowercase().as_str());
+    !s.trim().is_empty()
+        && s.split(',').all(|d| match d.split_once('=') {
+            Some((target, l)) => !target.trim().is_empty() && level(l),
+            None => level(d),
+        })
+        && tracing_subscriber::EnvFilter::try_new(s).is_ok()
 }
 
 /// Merges `layer` into `base`, refusing keys the defaults do not have.
@@ -505,11 +539,26 @@ mod tests {
                 &[("MEETBOT_RECORDING__MAX_AGE", "0s")],
                 "recording.max_age",
             ),
+            (
+                None,
+                &[("MEETBOT_RECORDING__MAX_AGE", "2h")],
+                "recording.max_age",
+            ),
+            (None, &[("MEETBOT_LOG__LEVEL", "verbose")], "log.level"),
         ];
         for (file, env, key) in cases {
             let err = load(*file, env).unwrap_err().to_string();
             assert!(err.contains(key), "{err:?} should name {key}");
         }
+    }
+
+    #[test]
+    fn toml_errors_do_not_echo_the_line() {
+        let err = load(Some("[stt]\napi_key = sk-live-SECRET123\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("SECRET123"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
     }
 
     #[test]

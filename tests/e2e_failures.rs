@@ -59,6 +59,16 @@ fn sigkill_mid_meeting_leaves_only_ciphertext_and_the_next_start_sweeps_it() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let pid = child.id();
+    // The process runs without core dumps: a crash cannot put audio or keys on disk.
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap();
+    assert!(
+        core.split_whitespace().skip(4).take(2).all(|v| v == "0"),
+        "{core}"
+    );
     assert!(Command::new("kill")
         .args(["-KILL", &pid.to_string()])
         .status()
@@ -125,6 +135,7 @@ fn commit_failure_keeps_the_recording_encrypted_then_deletes_it_at_max_age() {
     std::fs::create_dir_all(ws.data()).unwrap();
     std::fs::write(ws.data().join("transcripts"), b"not a directory").unwrap();
     ws.extra_config = "[recording]\nmax_age = \"12s\"\nmemory_budget_kib = 0\nchunk_kib = 1\n\
+                       [auto_leave]\nmax_duration = \"0s\"\n\
                        [lifecycle]\ncommit_retry_initial = \"200ms\"\ncommit_retry_max = \"1s\"\n"
         .into();
     let (m, wav) = one_speaker(
@@ -286,6 +297,7 @@ fn corrupt_key_file_and_missing_model_are_fatal_and_named() {
 /// A fake OpenAI-compatible server that answers every request with HTTP 500,
 /// or accepts connections and never answers.
 fn hostile_stt_server(mode: &'static str) -> u16 {
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     std::thread::spawn(move || {
@@ -322,10 +334,22 @@ fn hostile_stt_server(mode: &'static str) -> u16 {
                     break;
                 }
             }
-            let body = r#"{"error":{"message":"engine exploded","type":"server_error"}}"#;
+            let n = served.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            // "flaky": the first utterance's two attempts fail, the rest succeed.
+            let (status, body) = if mode == "flaky" && n >= 2 {
+                (
+                    "200 OK",
+                    r#"{"text":"all good","segments":[{"start":0.0,"end":1.0,"text":"all good"}]}"#,
+                )
+            } else {
+                (
+                    "500 Internal Server Error",
+                    r#"{"error":{"message":"engine exploded","type":"server_error"}}"#,
+                )
+            };
             let _ = write!(
                 s,
-                "HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                 body.len()
             );
         }
@@ -412,5 +436,89 @@ fn full_spool_disk_is_fatal_keeps_what_was_captured_and_leaves_nothing() {
     assert!(ws.spool_files().is_empty(), "{:?}", ws.spool_files());
     for f in ws.files() {
         assert_no_plaintext_audio(&f.display().to_string(), &read(&f), &wav_pcm(&wav));
+    }
+}
+
+#[test]
+fn one_failed_utterance_is_a_gap_not_a_lost_meeting() {
+    let mut ws = Workspace::new();
+    ws.extra_config = "[stt]\nattempts = 2\ninitial_backoff = \"50ms\"\n".into();
+    let d = ws.path();
+    espeak("en-us", "The first sentence is lost.", &d.join("a.wav"));
+    espeak("en-us", "The second sentence arrives.", &d.join("b.wav"));
+    let st = Command::new("sox")
+        .args(["-q", "-n", "-r", "48000", "-c", "1", "-b", "16"])
+        .arg(d.join("gap.wav"))
+        .args(["trim", "0", "2"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let wav = d.join("solo.wav");
+    concat(&[d.join("a.wav"), d.join("gap.wav"), d.join("b.wav")], &wav);
+    let m = ws.manifest(&[("Solo", &wav, 0)], "fast");
+    let port = hostile_stt_server("flaky");
+    let url = format!("http://127.0.0.1:{port}/v1");
+    let run = ws.join(
+        &format!("replay:{}", m.display()),
+        &["--stt", "openai", "--stt-url", &url],
+    );
+    assert_eq!(run.code, Some(0), "{}", run.describe());
+    let last = run.last();
+    assert_eq!(last["status"], "done");
+    assert_eq!(last["transcript"]["complete"], false);
+    let t = transcript_of(&last);
+    assert_eq!(t["complete"], false);
+    assert_eq!(t["gaps"].as_array().unwrap().len(), 1, "{t}");
+    assert_eq!(t["gaps"][0]["kind"], "transcription_failed");
+    assert!(speaker_text(&t, "Solo").contains("all good"));
+}
+
+#[test]
+fn an_audit_log_that_cannot_take_a_receipt_stops_the_bot_before_recording() {
+    let ws = Workspace::new();
+    let (m, _) = one_speaker(&ws, "fast", "Hello.");
+    assert_eq!(
+        ws.join(&format!("replay:{}", m.display()), &[]).code,
+        Some(0)
+    );
+    // A torn last line, as a crash mid-write would leave.
+    let mut log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(ws.audit_log())
+        .unwrap();
+    log.write_all(b"{\"seq\":2,").unwrap();
+    let run = ws.join(&format!("replay:{}", m.display()), &["--meeting-id", "m2"]);
+    let last = fatal_with(&run, "audit log");
+    assert!(last.get("recording_id").is_none(), "{last}");
+    assert!(ws.spool_files().is_empty());
+    assert!(!ws.data().join("transcripts/acme/m2.json").exists());
+}
+
+#[test]
+fn sigterm_during_startup_still_ends_cleanly_with_a_receipt() {
+    let ws = Workspace::new();
+    let (m, _) = one_speaker(
+        &ws,
+        "realtime",
+        "Hello there, this is a test of stopping early.",
+    );
+    for delay_ms in [100, 400] {
+        let child = ws.spawn_join(
+            &format!("replay:{}", m.display()),
+            &["--meeting-id", &format!("early{delay_ms}")],
+        );
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let pid = child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        let run = wait_with_timeout(child, Duration::from_secs(30));
+        assert_eq!(run.code, Some(0), "after {delay_ms} ms: {}", run.describe());
+        let last = run.last();
+        assert_eq!(last["status"], "done", "{}", run.describe());
+        assert!(last["receipt"]["recording_id"].is_string(), "{last}");
+        assert!(ws.spool_files().is_empty());
     }
 }

@@ -193,18 +193,44 @@ fn two_speakers_openai_provider_against_stt_serve() {
 fn sigterm_mid_meeting_leaves_commits_deletes_and_exits_zero() {
     let ws = Workspace::new();
     let (m, _host, _guest) = two_speaker_meeting(&ws, "realtime");
-    let child = ws.spawn_join(&format!("replay:{}", m.display()), &[]);
+    let mut child = ws.spawn_join(&format!("replay:{}", m.display()), &[]);
     let pid = child.id();
-    // Let the host's first sentence and the guest's start play out in real time.
-    std::thread::sleep(Duration::from_secs(9));
+    // Wait for admission (model loading time varies), then let the host's
+    // first sentence and the guest's start play out in real time.
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("no in_call_recording line");
+        let admitted = line.contains("\"in_call_recording\"");
+        seen.push(line);
+        if admitted {
+            break;
+        }
+    }
+    std::thread::sleep(Duration::from_millis(8500));
     let t0 = Instant::now();
     let st = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status()
         .unwrap();
     assert!(st.success());
-    let run = wait_with_timeout(child, Duration::from_secs(40));
+    let mut run = wait_with_timeout(child, Duration::from_secs(40));
     let took = t0.elapsed();
+    reader.join().unwrap();
+    seen.extend(rx.try_iter());
+    run.stdout = seen.join("\n") + "\n";
     assert_eq!(run.code, Some(0), "{}", run.describe());
     assert!(
         took < Duration::from_secs(25),

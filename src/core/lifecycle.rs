@@ -223,7 +223,6 @@ enum Phase {
 pub struct Lifecycle {
     cfg: LifecycleConfig,
     phase: Phase,
-    started: Instant,
     join_deadline: Instant,
     /// When the recording must be gone. Starts at `started + max_recording_age`;
     /// reaching it in the call ends the call and extends it by the grace.
@@ -255,7 +254,6 @@ impl Lifecycle {
         let mut lc = Lifecycle {
             cfg,
             phase: Phase::Joining,
-            started: now,
             join_deadline,
             age_deadline,
             admitted_at: None,
@@ -1117,7 +1115,10 @@ mod tests {
         });
         s.input(Input::ParticipantCount(1));
         s.advance(Duration::from_secs(24 * 3600 + 1));
-        assert_eq!(call_ended_reason(&s).as_deref(), Some("max_recording_age_reached"));
+        assert_eq!(
+            call_ended_reason(&s).as_deref(),
+            Some("max_recording_age_reached")
+        );
         assert!(s.log.contains(&Output::FinishTranscription));
         s.input(Input::TranscriptionDrained);
         s.input(Input::CommitSucceeded);
@@ -1137,7 +1138,10 @@ mod tests {
         });
         let st = s.statuses();
         assert_eq!(&st[st.len() - 2..], ["recording_deleted", "fatal"]);
-        assert!(s.last_reason().unwrap().contains("receipt could not be appended"));
+        assert!(s
+            .last_reason()
+            .unwrap()
+            .contains("receipt could not be appended"));
     }
 
     #[test]

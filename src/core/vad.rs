@@ -81,14 +81,14 @@ impl Default for VadConfig {
         VadConfig {
             threshold_db: 10.0,
             hysteresis_db: 3.0,
-            abs_threshold_dbfs: -50.0,
+            abs_threshold_dbfs: -65.0,
             noise_window: Duration::from_secs(5),
             min_speech: Duration::from_millis(80),
             end_silence: Duration::from_millis(700),
             pre_roll: Duration::from_millis(240),
             post_roll: Duration::from_millis(200),
             min_utterance: Duration::from_millis(300),
-            max_utterance: Duration::from_secs(25),
+            max_utterance: Duration::from_secs(20),
         }
     }
 }
@@ -770,8 +770,10 @@ mod tests {
         }
         let first = &segs[0];
         let len_ms = ms_of(first.samples.len() as u64);
-        assert!(len_ms <= 25_000, "{len_ms}");
-        assert!(len_ms >= 18_000, "{len_ms}");
+        // Cut in the last quarter of the allowed length.
+        let max_ms = cfg.max_utterance.as_millis() as u64;
+        assert!(len_ms <= max_ms, "{len_ms} > {max_ms}");
+        assert!(len_ms >= max_ms * 3 / 4 - 500, "{len_ms} (max {max_ms})");
         // The cut falls in a dip: the 60 ms around it are quiet.
         let cut = first.end_sample() as usize;
         let around = &audio[cut - 30 * MS..cut + 30 * MS];

@@ -3,7 +3,9 @@
 //! Each file is written to a temporary name in the same directory, fsynced,
 //! renamed into place and the directory fsynced, so a crash leaves either the
 //! old state or the complete new file. The JSON is the commit point: it is
-//! written last and read back to verify its hash.
+//! linked in only if absent (never replacing another transcript), the VTT is
+//! written after it, and the JSON is read back to verify its hash. A retry
+//! after a crash between the two finds the same JSON and completes the VTT.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
@@ -57,8 +59,11 @@ impl LocalDirStore {
                 }
             }
             Err(e) if e.kind() == ErrorKind::NotFound => {
-                write_atomic(&vtt_path, doc.to_vtt().as_bytes())?;
+                // The JSON is the commit point and is linked in only if absent;
+                // the VTT follows only once the JSON is ours, so a concurrent
+                // committer can never pair its VTT with our JSON.
                 write_new_atomic(&json_path, &json)?;
+                write_atomic(&vtt_path, doc.to_vtt().as_bytes())?;
             }
             Err(e) => return Err(io_err("read existing transcript", &json_path, &e)),
         }
