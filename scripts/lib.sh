@@ -35,3 +35,22 @@ build_release() {
   log "building meetbot (release; target dir $CARGO_TARGET_DIR)"
   (cd "$ROOT" && cargo build --release --locked --bins)
 }
+
+# Installs what scripts/local-meeting needs (Janus, headless Chromium, namespaces, audio tools),
+# only the Debian packages that are missing. Does not need cargo.
+install_meeting_deps() {
+  local pkgs=(janus chromium iproute2 util-linux sox espeak-ng python3 procps)
+  local missing=()
+  for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "installing Debian packages: ${missing[*]}"
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+  [ -x /usr/lib/chromium/chromium ] || die "/usr/lib/chromium/chromium missing after installing chromium"
+  command -v janus >/dev/null || die "janus missing after installing janus"
+}
