@@ -340,6 +340,18 @@ impl Req {
         }
     }
 
+    fn is_message(&self) -> bool {
+        matches!(
+            self,
+            Req::JoinPub
+                | Req::JoinSub(_)
+                | Req::Subscribe(_)
+                | Req::Unsubscribe
+                | Req::Start(_)
+                | Req::Leave
+        )
+    }
+
     fn is_sub_change(&self) -> bool {
         matches!(self, Req::JoinSub(_) | Req::Subscribe(_) | Req::Unsubscribe)
     }
@@ -541,7 +553,12 @@ impl JanusSession {
     }
 
     /// The media transport's answer to offer `offer_id`: sends `start` with the JSEP answer.
-    pub fn answered(&mut self, now: Instant, offer_id: u64, answer_sdp: String) -> Result<(), AnswerError> {
+    pub fn answered(
+        &mut self,
+        now: Instant,
+        offer_id: u64,
+        answer_sdp: String,
+    ) -> Result<(), AnswerError> {
         if self.state != State::Joined {
             return Err(AnswerError::NotReady);
         }
@@ -617,12 +634,23 @@ impl JanusSession {
                     return;
                 };
                 let err = obj.get("error");
-                let code = err.and_then(|e| e.get("code")).and_then(Value::as_i64).unwrap_or(0);
-                let reason = err.and_then(|e| e.get("reason")).and_then(Value::as_str).unwrap_or("");
+                let code = err
+                    .and_then(|e| e.get("code"))
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0);
+                let reason = err
+                    .and_then(|e| e.get("reason"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
                 self.on_error(now, p.req, code, reason);
             }
             "event" => {
-                let completes = txn.and_then(|t| self.pending.remove(t)).map(|p| p.req);
+                // Only plugin messages are answered by events; a core request (create,
+                // attach, keepalive, …) stays pending until its own reply or deadline.
+                let completes = txn
+                    .filter(|t| self.pending.get(*t).is_some_and(|p| p.req.is_message()))
+                    .and_then(|t| self.pending.remove(t))
+                    .map(|p| p.req);
                 let Some(data) = plugin_data(obj) else {
                     // A plugin event without data: at least release the request it answers.
                     if let Some(req) = completes {
@@ -654,7 +682,10 @@ impl JanusSession {
             "webrtcup" if self.is_sub(sender) => self.emit(SigEvent::WebrtcUp),
             "media" if self.is_sub(sender) => {
                 let mid = obj.get("mid").and_then(Value::as_str).and_then(clean_id);
-                let receiving = obj.get("receiving").and_then(Value::as_bool).unwrap_or(false);
+                let receiving = obj
+                    .get("receiving")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
                 self.emit(SigEvent::Media { mid, receiving });
             }
             "hangup" if self.is_sub(sender) => {
@@ -696,7 +727,10 @@ impl JanusSession {
         match req {
             Req::Create => {
                 let Some(id) = id else {
-                    return self.fatal(FatalKind::Protocol, "Janus create reply has no session id".into());
+                    return self.fatal(
+                        FatalKind::Protocol,
+                        "Janus create reply has no session id".into(),
+                    );
                 };
                 debug!("Janus session created.");
                 self.session_id = Some(id);
@@ -710,7 +744,10 @@ impl JanusSession {
             }
             Req::AttachPub => {
                 let Some(id) = id else {
-                    return self.fatal(FatalKind::Protocol, "Janus attach reply has no handle id".into());
+                    return self.fatal(
+                        FatalKind::Protocol,
+                        "Janus attach reply has no handle id".into(),
+                    );
                 };
                 self.pub_handle = Some(id);
                 self.state = State::Joining;
@@ -718,7 +755,10 @@ impl JanusSession {
             }
             Req::AttachSub => {
                 let Some(id) = id else {
-                    return self.fatal(FatalKind::Protocol, "Janus attach reply has no handle id".into());
+                    return self.fatal(
+                        FatalKind::Protocol,
+                        "Janus attach reply has no handle id".into(),
+                    );
                 };
                 self.sub_handle = Some(id);
                 self.reconcile(now);
@@ -752,7 +792,10 @@ impl JanusSession {
         }
         let _ = now;
         let (kind, text) = core_error(code);
-        self.fatal(kind, format!("Janus refused {}: {text} (error {code})", req.name()));
+        self.fatal(
+            kind,
+            format!("Janus refused {}: {text} (error {code})", req.name()),
+        );
     }
 
     fn on_plugin_error(&mut self, now: Instant, req: Req, code: i64, reason: &str) {
@@ -789,7 +832,10 @@ impl JanusSession {
             Req::Leave | Req::Detach | Req::Keepalive => {}
             other => {
                 let (kind, text) = plugin_error(code);
-                self.fatal(kind, format!("Janus refused {}: {text} (error {code})", other.name()));
+                self.fatal(
+                    kind,
+                    format!("Janus refused {}: {text} (error {code})", other.name()),
+                );
             }
         }
     }
@@ -800,7 +846,10 @@ impl JanusSession {
             kind = FatalKind::PinRequired;
             text = "the room needs a PIN (add ?pin=… to the meeting URL)";
         }
-        self.fatal(kind, format!("Janus refused to let the bot join: {text} (error {code})"));
+        self.fatal(
+            kind,
+            format!("Janus refused to let the bot join: {text} (error {code})"),
+        );
     }
 
     /// Frees the subscriber lane when a request finishes without a usable payload.
@@ -818,7 +867,10 @@ impl JanusSession {
             "joined" if self.state == State::Joining => {
                 self.state = State::Joined;
                 self.own_id = data.get("id").and_then(FeedId::from_json);
-                self.private_id = data.get("private_id").and_then(Value::as_u64).filter(|&p| p > 0);
+                self.private_id = data
+                    .get("private_id")
+                    .and_then(Value::as_u64)
+                    .filter(|&p| p > 0);
                 info!("Joined the Janus room.");
                 self.emit(SigEvent::Joined);
                 if let Some(list) = data.get("publishers") {
@@ -838,9 +890,13 @@ impl JanusSession {
                     let Some(v) = data.get(key) else { continue };
                     let id = FeedId::from_json(v);
                     let is_self_ok = v.as_str() == Some("ok")
-                        && !id.as_ref().is_some_and(|id| self.publishers.contains_key(id));
+                        && !id
+                            .as_ref()
+                            .is_some_and(|id| self.publishers.contains_key(id));
                     if is_self_ok || (id.is_some() && id == self.own_id) {
-                        if key == "leaving" && data.get("reason").and_then(Value::as_str) == Some("kicked") {
+                        if key == "leaving"
+                            && data.get("reason").and_then(Value::as_str) == Some("kicked")
+                        {
                             info!("The bot was kicked out of the Janus room.");
                             return self.terminate(SigEvent::Kicked);
                         }
@@ -857,6 +913,12 @@ impl JanusSession {
             "destroyed" => {
                 info!("The Janus room was destroyed.");
                 return self.terminate(SigEvent::RoomDestroyed);
+            }
+            _ if completes == Some(Req::JoinPub) => {
+                return self.fatal(
+                    FatalKind::Protocol,
+                    "Janus answered the join with something other than joined".into(),
+                );
             }
             _ => trace!(what, "Ignoring a publisher-handle event."),
         }
@@ -885,7 +947,11 @@ impl JanusSession {
                 if let Some(offer) = jsep.and_then(parse_offer) {
                     self.last_offer_id += 1;
                     self.pending_offer = Some(self.last_offer_id);
-                    debug!(offer_id = self.last_offer_id, streams = self.mids.len(), "Janus offer.");
+                    debug!(
+                        offer_id = self.last_offer_id,
+                        streams = self.mids.len(),
+                        "Janus offer."
+                    );
                     self.out.push_back(SigOutput::NeedAnswer(Offer {
                         offer_id: self.last_offer_id,
                         offer_sdp: offer,
@@ -906,7 +972,9 @@ impl JanusSession {
         let Some(list) = list.as_array() else { return };
         for p in list.iter().take(MAX_LIST_ENTRIES) {
             let Some(p) = p.as_object() else { continue };
-            let Some(id) = p.get("id").and_then(FeedId::from_json) else { continue };
+            let Some(id) = p.get("id").and_then(FeedId::from_json) else {
+                continue;
+            };
             if Some(&id) == self.own_id.as_ref() {
                 continue;
             }
@@ -930,7 +998,10 @@ impl JanusSession {
             }
             if self.publishers.len() >= self.cfg.max_publishers {
                 if !self.publishers_capped {
-                    warn!(max = self.cfg.max_publishers, "Too many publishers; ignoring the rest.");
+                    warn!(
+                        max = self.cfg.max_publishers,
+                        "Too many publishers; ignoring the rest."
+                    );
                     self.publishers_capped = true;
                 }
                 continue;
@@ -938,11 +1009,17 @@ impl JanusSession {
             let display = p.get("display").and_then(Value::as_str).unwrap_or("");
             let display = Pii::new(clean_text(display, MAX_DISPLAY_CHARS));
             debug!(feed = %id, audio = audio_mids.len(), "Publisher joined.");
-            self.publishers.insert(id.clone(), Publisher {
-                display: display.clone(),
-                audio_mids,
+            self.publishers.insert(
+                id.clone(),
+                Publisher {
+                    display: display.clone(),
+                    audio_mids,
+                },
+            );
+            self.emit(SigEvent::PublisherJoined {
+                feed_id: id,
+                display,
             });
-            self.emit(SigEvent::PublisherJoined { feed_id: id, display });
         }
     }
 
@@ -969,7 +1046,9 @@ impl JanusSession {
             let Some(mid) = s.get("mid").and_then(Value::as_str).and_then(clean_id) else {
                 continue;
             };
-            let Some(feed_id) = s.get("feed_id").and_then(FeedId::from_json) else { continue };
+            let Some(feed_id) = s.get("feed_id").and_then(FeedId::from_json) else {
+                continue;
+            };
             let display = match s.get("feed_display").and_then(Value::as_str) {
                 Some(d) => Pii::new(clean_text(d, MAX_DISPLAY_CHARS)),
                 None => self
@@ -978,7 +1057,14 @@ impl JanusSession {
                     .map(|p| p.display.clone())
                     .unwrap_or_default(),
             };
-            mids.insert(mid.clone(), StreamInfo { mid, feed_id, display });
+            mids.insert(
+                mid.clone(),
+                StreamInfo {
+                    mid,
+                    feed_id,
+                    display,
+                },
+            );
         }
         self.mids = mids;
     }
@@ -1082,7 +1168,14 @@ impl JanusSession {
         self.send_message(now, Req::JoinPub, h, body, None);
     }
 
-    fn send_message(&mut self, now: Instant, req: Req, handle: u64, body: Value, jsep: Option<Value>) {
+    fn send_message(
+        &mut self,
+        now: Instant,
+        req: Req,
+        handle: u64,
+        body: Value,
+        jsep: Option<Value>,
+    ) {
         let mut msg = json!({"janus": "message", "body": body});
         if let Some(j) = jsep {
             msg["jsep"] = j;
@@ -1103,10 +1196,13 @@ impl JanusSession {
             msg["session_id"] = Value::from(s);
         }
         trace!(request = req.name(), "Janus request.");
-        self.pending.insert(txn, Pending {
-            req,
-            deadline: now + self.cfg.request_timeout,
-        });
+        self.pending.insert(
+            txn,
+            Pending {
+                req,
+                deadline: now + self.cfg.request_timeout,
+            },
+        );
         self.out.push_back(SigOutput::Transmit(msg.to_string()));
     }
 
@@ -1149,7 +1245,10 @@ fn parse_offer(jsep: &Value) -> Option<String> {
     }
     let sdp = obj.get("sdp").and_then(Value::as_str)?;
     if sdp.is_empty() || sdp.len() > MAX_SDP_BYTES {
-        warn!(bytes = sdp.len(), "Ignoring an empty or oversized SDP offer.");
+        warn!(
+            bytes = sdp.len(),
+            "Ignoring an empty or oversized SDP offer."
+        );
         return None;
     }
     Some(sdp.to_string())
@@ -1169,17 +1268,38 @@ fn clean_text(s: &str, max: usize) -> String {
 /// Janus core error codes (`apierror.h`).
 fn core_error(code: i64) -> (FatalKind, &'static str) {
     match code {
-        403 => (FatalKind::Unauthorized, "the server requires an API secret or token"),
-        405 => (FatalKind::Unauthorized, "the server does not allow the VideoRoom plugin"),
+        403 => (
+            FatalKind::Unauthorized,
+            "the server requires an API secret or token",
+        ),
+        405 => (
+            FatalKind::Unauthorized,
+            "the server does not allow the VideoRoom plugin",
+        ),
         458 => (FatalKind::SessionLost, "the session no longer exists"),
         459 => (FatalKind::SessionLost, "the handle no longer exists"),
-        460 => (FatalKind::Unavailable, "the server does not run the VideoRoom plugin"),
-        461 => (FatalKind::Unavailable, "attaching to the VideoRoom plugin failed"),
+        460 => (
+            FatalKind::Unavailable,
+            "the server does not run the VideoRoom plugin",
+        ),
+        461 => (
+            FatalKind::Unavailable,
+            "attaching to the VideoRoom plugin failed",
+        ),
         465 => (FatalKind::Rejected, "the server rejected the SDP answer"),
-        469 => (FatalKind::Rejected, "the server did not expect an SDP answer"),
+        469 => (
+            FatalKind::Rejected,
+            "the server did not expect an SDP answer",
+        ),
         470 => (FatalKind::Unauthorized, "the token is not valid"),
-        472 => (FatalKind::Unavailable, "the server does not accept new sessions"),
-        452..=457 | 467 => (FatalKind::Protocol, "the server considers the request malformed"),
+        472 => (
+            FatalKind::Unavailable,
+            "the server does not accept new sessions",
+        ),
+        452..=457 | 467 => (
+            FatalKind::Protocol,
+            "the server considers the request malformed",
+        ),
         _ => (FatalKind::Rejected, "the server rejected the request"),
     }
 }
@@ -1196,7 +1316,13 @@ fn plugin_error(code: i64) -> (FatalKind, &'static str) {
         436 => (FatalKind::Rejected, "the participant id is taken"),
         428 => (FatalKind::Rejected, "no such feed"),
         431 | 437 => (FatalKind::Rejected, "the SDP was rejected"),
-        421..=424 => (FatalKind::Protocol, "the server considers the request malformed"),
-        _ => (FatalKind::Rejected, "the VideoRoom plugin rejected the request"),
+        421..=424 => (
+            FatalKind::Protocol,
+            "the server considers the request malformed",
+        ),
+        _ => (
+            FatalKind::Rejected,
+            "the VideoRoom plugin rejected the request",
+        ),
     }
 }

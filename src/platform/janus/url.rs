@@ -140,12 +140,12 @@ impl JanusUrl {
         if url.fragment().is_some() {
             return Err(JanusUrlError::Fragment);
         }
-        let host = url.host_str().filter(|h| !h.is_empty()).ok_or(JanusUrlError::NoHost)?;
+        let host = url
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or(JanusUrlError::NoHost)?;
 
-        let mut segments: Vec<&str> = url
-            .path_segments()
-            .map(|s| s.collect())
-            .unwrap_or_default();
+        let mut segments: Vec<&str> = url.path_segments().map(|s| s.collect()).unwrap_or_default();
         // A trailing slash (`/1234/`) leaves an empty last segment: ignore it once.
         if segments.last() == Some(&"") {
             segments.pop();
@@ -162,7 +162,9 @@ impl JanusUrl {
         let mut pin = None;
         for (key, value) in url.query_pairs() {
             if key != "pin" {
-                return Err(JanusUrlError::UnknownQueryKey(key.chars().take(32).collect()));
+                return Err(JanusUrlError::UnknownQueryKey(
+                    key.chars().take(32).collect(),
+                ));
             }
             if pin.is_some() {
                 return Err(JanusUrlError::DuplicatePin);
@@ -302,10 +304,22 @@ mod tests {
             ("janus+ws://h:8188/1#frag", Fragment),
             ("janus+ws://h:8188/1?pin=a&pin=b", DuplicatePin),
             ("janus+ws://h:8188/1?pin=", BadPin("empty")),
-            ("janus+ws://h:8188/1?display=x", UnknownQueryKey("display".into())),
-            ("janus+ws://h:8188/0", BadRoom("a numeric room id must be a positive integer without leading zeros")),
-            ("janus+ws://h:8188/0012", BadRoom("a numeric room id must be a positive integer without leading zeros")),
-            ("janus+ws://h:8188/99999999999999999999", BadRoom("numeric room id does not fit in 64 bits")),
+            (
+                "janus+ws://h:8188/1?display=x",
+                UnknownQueryKey("display".into()),
+            ),
+            (
+                "janus+ws://h:8188/0",
+                BadRoom("a numeric room id must be a positive integer without leading zeros"),
+            ),
+            (
+                "janus+ws://h:8188/0012",
+                BadRoom("a numeric room id must be a positive integer without leading zeros"),
+            ),
+            (
+                "janus+ws://h:8188/99999999999999999999",
+                BadRoom("numeric room id does not fit in 64 bits"),
+            ),
             ("janus+ws://h:8188/a%0Ab", BadRoom("control characters")),
             ("janus+ws://h:8188/%FF", BadRoom("not valid UTF-8")),
             ("janus+ws://h:8188//1", Syntax("empty path segment".into())),
@@ -313,13 +327,22 @@ mod tests {
         for (input, want) in cases {
             assert_eq!(JanusUrl::parse(input).unwrap_err(), *want, "{input}");
         }
-        assert!(matches!(JanusUrl::parse("janus+ws://h:99999/1"), Err(Syntax(_))));
-        assert!(matches!(JanusUrl::parse("janus+ws://h:port/1"), Err(Syntax(_))));
+        assert!(matches!(
+            JanusUrl::parse("janus+ws://h:99999/1"),
+            Err(Syntax(_))
+        ));
+        assert!(matches!(
+            JanusUrl::parse("janus+ws://h:port/1"),
+            Err(Syntax(_))
+        ));
         assert!(JanusUrl::parse("janus+ws:///1").is_err());
         let long = format!("janus+ws://h:1/{}", "a".repeat(MAX_URL_BYTES));
         assert!(matches!(JanusUrl::parse(&long), Err(TooLong(_))));
         let long_room = format!("janus+ws://h:1/{}", "a".repeat(MAX_ROOM_CHARS + 1));
-        assert_eq!(JanusUrl::parse(&long_room).unwrap_err(), BadRoom("too long"));
+        assert_eq!(
+            JanusUrl::parse(&long_room).unwrap_err(),
+            BadRoom("too long")
+        );
         // Error messages never echo the PIN.
         let e = JanusUrl::parse("janus+ws://h:1/1?pin=topsecret&x=1").unwrap_err();
         assert!(!e.to_string().contains("topsecret"));
@@ -358,6 +381,9 @@ mod tests {
                 assert!(url::Url::parse(u.ws_url.expose()).is_ok(), "{text}");
             }
         }
-        assert!(oks > 100, "the mutations should leave some URLs valid ({oks})");
+        assert!(
+            oks > 100,
+            "the mutations should leave some URLs valid ({oks})"
+        );
     }
 }

@@ -163,8 +163,10 @@ async fn open_socket(url: &JanusUrl) -> Result<Ws, ConnectError> {
         .as_str()
         .into_client_request()
         .map_err(|e| ConnectError::Failed(e.to_string()))?;
-    req.headers_mut()
-        .insert("Sec-WebSocket-Protocol", HeaderValue::from_static(SUBPROTOCOL));
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        HeaderValue::from_static(SUBPROTOCOL),
+    );
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_MESSAGE_BYTES))
         .max_frame_size(Some(MAX_MESSAGE_BYTES));
