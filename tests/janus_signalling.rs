@@ -983,7 +983,18 @@ mod real_janus {
     use meetbot::platform::janus::ws::{ClientEvent, JanusClient, JanusOptions};
 
     const JANUS: &str = "/usr/bin/janus";
-    const LIBDIR: &str = "/usr/lib/x86_64-linux-gnu/janus";
+
+    /// Janus's module folder from the Debian package (multiarch path).
+    fn libdir() -> String {
+        std::fs::read_dir("/usr/lib")
+            .expect("/usr/lib")
+            .flatten()
+            .map(|e| e.path().join("janus"))
+            .find(|p| p.join("plugins/libjanus_videoroom.so").exists())
+            .expect("the janus package's plugins (scripts/test installs janus)")
+            .display()
+            .to_string()
+    }
 
     /// A Janus started by the test. Dropping it kills Janus on every exit path (also when a
     /// test panics); if the test process itself is killed, the guard shell sees its stdin
@@ -1000,7 +1011,15 @@ mod real_janus {
             if let Some(pid) = rustix::process::Pid::from_raw(self.janus_pid) {
                 let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
             }
+            // Closing stdin lets the guard shell reap Janus and exit; bounded, then forced.
             drop(self.guard.stdin.take());
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.guard.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
             let _ = self.guard.kill();
             let _ = self.guard.wait();
         }
@@ -1030,13 +1049,14 @@ mod real_janus {
             std::fs::create_dir_all(d).expect("mkdir");
         }
         // Only the VideoRoom plugin and the WebSocket transport are loaded.
+        let libdir = libdir();
         std::os::unix::fs::symlink(
-            format!("{LIBDIR}/plugins/libjanus_videoroom.so"),
+            format!("{libdir}/plugins/libjanus_videoroom.so"),
             plugins.join("libjanus_videoroom.so"),
         )
         .expect("symlink plugin");
         std::os::unix::fs::symlink(
-            format!("{LIBDIR}/transports/libjanus_websockets.so"),
+            format!("{libdir}/transports/libjanus_websockets.so"),
             transports.join("libjanus_websockets.so"),
         )
         .expect("symlink transport");
@@ -1071,10 +1091,7 @@ mod real_janus {
         let log = std::fs::File::create(dir.path().join("janus.log")).expect("log file");
         let mut guard = Command::new("sh")
             .arg("-c")
-            .arg(
-                "\"$@\" & pid=$!; echo $pid; read _unused; kill $pid 2>/dev/null; \
-                 sleep 1; kill -9 $pid 2>/dev/null; wait $pid",
-            )
+            .arg("\"$@\" & pid=$!; echo $pid; read _unused; kill -9 $pid 2>/dev/null; wait $pid")
             .arg("sh")
             .arg(JANUS)
             .arg("-F")
@@ -1187,12 +1204,53 @@ mod real_janus {
             }
         }
 
+        // Janus dies mid-session: ConnectionLost, promptly.
+        let url = JanusUrl::parse(&format!("janus+ws://127.0.0.1:{}/1234", janus.port)).unwrap();
+        let (_client, mut rx) = JanusClient::connect(&url, "meetbot-test", &opts)
+            .await
+            .expect("connect");
+        assert!(matches!(
+            next_event(&mut rx).await,
+            ClientEvent::Event(SigEvent::Joined)
+        ));
+        drop(janus);
+        match next_event(&mut rx).await {
+            ClientEvent::Event(SigEvent::Fatal { kind, .. }) => {
+                assert_eq!(kind, FatalKind::ConnectionLost)
+            }
+            other => panic!("expected ConnectionLost, got {other:?}"),
+        }
+        assert!(rx.recv().await.is_none());
+
         // Nothing listens here: a bounded, clear connect error.
         let url = JanusUrl::parse(&format!("janus+ws://127.0.0.1:{}/1234", free_port())).unwrap();
         let err = JanusClient::connect(&url, "meetbot-test", &opts)
             .await
             .unwrap_err();
         assert!(err.to_string().contains("cannot connect"), "{err}");
-        drop(janus);
+    }
+
+    /// A server that accepts TCP but never answers the WebSocket handshake: the connect
+    /// timeout bounds the wait.
+    #[tokio::test]
+    async fn connect_timeout_bounds_a_silent_server() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let hold = tokio::spawn(async move {
+            let (_sock, _) = listener.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        });
+        let opts = JanusOptions {
+            connect_timeout: Duration::from_millis(300),
+            ..JanusOptions::default()
+        };
+        let url = JanusUrl::parse(&format!("janus+ws://127.0.0.1:{port}/1234")).unwrap();
+        let t0 = Instant::now();
+        let err = JanusClient::connect(&url, "meetbot-test", &opts)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("timed out"), "{err}");
+        assert!(t0.elapsed() < Duration::from_secs(2));
+        hold.abort();
     }
 }
