@@ -5,6 +5,7 @@
 //! encoded audio, and the meeting's state. Everything after that — decoding,
 //! recording, transcription, commit, deletion — is the core's job.
 
+pub mod janus;
 pub mod replay;
 
 use async_trait::async_trait;
