@@ -203,7 +203,13 @@ impl Clock {
     }
 
     /// Maps a packet; may re-anchor. Returns (at_ms, re-anchored).
-    fn map(&mut self, ts: u32, arrival_ms: i64, arrival: Instant, cfg: &JitterConfig) -> (u64, bool) {
+    fn map(
+        &mut self,
+        ts: u32,
+        arrival_ms: i64,
+        arrival: Instant,
+        cfg: &JitterConfig,
+    ) -> (u64, bool) {
         let ts_ms = self.unwrap(ts).div_euclid(TICKS_PER_MS);
         let mapped = ts_ms + self.offset_ms;
         let late = arrival_ms - mapped;
@@ -292,7 +298,11 @@ impl JitterBuffer {
         // Reinterpret the wrapping difference as signed: the short way round.
         let diff = pkt.seq.wrapping_sub(wrap(highest)) as i16;
         if diff.unsigned_abs() > self.cfg.resync_packets {
-            debug!(seq = pkt.seq, jump = diff, "Sequence jump: restarting the jitter buffer.");
+            debug!(
+                seq = pkt.seq,
+                jump = diff,
+                "Sequence jump: restarting the jitter buffer."
+            );
             self.flush_into_ready();
             self.stats.resyncs += 1;
             self.start(pkt, arrival_ms);
@@ -507,7 +517,11 @@ mod tests {
             jb.push(pkt(10 + i, 5000 + FRAME * u32::from(i), at));
             let before = out.len();
             pop_all(&mut jb, at, &mut out);
-            assert_eq!(out.len(), before + 1, "contiguous packet {i} leaves at once");
+            assert_eq!(
+                out.len(),
+                before + 1,
+                "contiguous packet {i} leaves at once"
+            );
         }
         let times: Vec<u64> = out
             .iter()
@@ -529,7 +543,11 @@ mod tests {
         let ts0 = u32::MAX - 3 * FRAME + 1;
         for i in 0..20u16 {
             let at = t0 + ms(20 * u64::from(i));
-            jb.push(pkt(65_530u16.wrapping_add(i), ts0.wrapping_add(FRAME * u32::from(i)), at));
+            jb.push(pkt(
+                65_530u16.wrapping_add(i),
+                ts0.wrapping_add(FRAME * u32::from(i)),
+                at,
+            ));
             pop_all(&mut jb, at + ms(60), &mut out);
         }
         let expected: Vec<u16> = (0..20u16).map(|i| 65_530u16.wrapping_add(i)).collect();
@@ -566,7 +584,13 @@ mod tests {
         assert_eq!(out.len(), 1, "still waiting for 2");
         assert_eq!(jb.poll_timeout(), Some(t0 + ms(140)));
         pop_all(&mut jb, t0 + ms(140), &mut out);
-        assert!(matches!(out[1], JitterOutput::Gap { first_seq: 2, count: 2 }));
+        assert!(matches!(
+            out[1],
+            JitterOutput::Gap {
+                first_seq: 2,
+                count: 2
+            }
+        ));
         assert_eq!(seqs(&out), vec![1, 4]);
         // 2 arriving now is late.
         assert_eq!(jb.push(pkt(2, FRAME, t0 + ms(150))), PushOutcome::Late);
@@ -629,14 +653,25 @@ mod tests {
         pop_all(&mut jb, t0 + ms(60), &mut out);
         jb.push(pkt(102, 2 * FRAME, t0 + ms(65)));
         // A new stream at a random place.
-        assert_eq!(jb.push(pkt(40_000, 123_456, t0 + ms(70))), PushOutcome::Resync);
+        assert_eq!(
+            jb.push(pkt(40_000, 123_456, t0 + ms(70))),
+            PushOutcome::Resync
+        );
         pop_all(&mut jb, t0 + ms(70), &mut out);
-        assert!(matches!(out[1], JitterOutput::Gap { first_seq: 101, count: 1 }));
+        assert!(matches!(
+            out[1],
+            JitterOutput::Gap {
+                first_seq: 101,
+                count: 1
+            }
+        ));
         assert_eq!(seqs(&out), vec![100, 102]);
         pop_all(&mut jb, t0 + ms(130), &mut out);
         assert_eq!(seqs(&out), vec![100, 102, 40_000]);
         match out.last() {
-            Some(JitterOutput::Packet(p)) => assert_eq!(p.at_ms, 70, "new stream anchored at its arrival"),
+            Some(JitterOutput::Packet(p)) => {
+                assert_eq!(p.at_ms, 70, "new stream anchored at its arrival")
+            }
             other => panic!("unexpected {other:?}"),
         }
         jb.push(pkt(40_001, 123_456 + FRAME, t0 + ms(90)));
@@ -682,7 +717,11 @@ mod tests {
         // Normal flow, then a 1 s stall and a burst, then normal again.
         for i in 0..300u16 {
             let send = ms(20 * u64::from(i));
-            let at = if (100..150).contains(&i) { t0 + ms(3000) } else { t0 + send };
+            let at = if (100..150).contains(&i) {
+                t0 + ms(3000)
+            } else {
+                t0 + send
+            };
             jb.push(pkt(i, FRAME * u32::from(i), at));
             pop_all(&mut jb, at + ms(60), &mut out);
         }
@@ -749,7 +788,11 @@ mod tests {
                     continue; // lost
                 }
                 let send = 1000 + 20 * u64::from(i);
-                let jitter: u64 = if rng.gen_bool(0.1) { rng.gen_range(0..150) } else { rng.gen_range(0..10) };
+                let jitter: u64 = if rng.gen_bool(0.1) {
+                    rng.gen_range(0..150)
+                } else {
+                    rng.gen_range(0..10)
+                };
                 arrivals.push((t0 + ms(send + jitter), i));
                 if rng.gen_bool(0.03) {
                     arrivals.push((t0 + ms(send + jitter + rng.gen_range(0..100)), i));
@@ -759,7 +802,11 @@ mod tests {
             let mut out = Vec::new();
             for (at, i) in &arrivals {
                 pop_all(&mut jb, *at, &mut out);
-                jb.push(pkt(seq0.wrapping_add(*i), ts0.wrapping_add(FRAME * u32::from(*i)), *at));
+                jb.push(pkt(
+                    seq0.wrapping_add(*i),
+                    ts0.wrapping_add(FRAME * u32::from(*i)),
+                    *at,
+                ));
                 pop_all(&mut jb, *at, &mut out);
             }
             out.extend(jb.drain());
@@ -777,7 +824,11 @@ mod tests {
                         assert_eq!(p.payload.as_ref(), &p.seq.to_be_bytes(), "seed {seed}");
                         let want = 1000 + 20 * u64::from(i);
                         // The anchor is the first output's arrival, at most its jitter late.
-                        assert!(p.at_ms >= want && p.at_ms <= want + 150, "seed {seed}: at_ms {} for {i}", p.at_ms);
+                        assert!(
+                            p.at_ms >= want && p.at_ms <= want + 150,
+                            "seed {seed}: at_ms {} for {i}",
+                            p.at_ms
+                        );
                         expect = Some(p.seq.wrapping_add(1));
                     }
                     JitterOutput::Gap { first_seq, count } => {

@@ -25,7 +25,9 @@
 //!
 //! [`TransportEvent::Rtp`] for each packet (empty payloads — padding — are
 //! skipped), `Connected` when ICE+DTLS are up, `Failed` when the connection
-//! fails, `Closed` when it closes. The channel is bounded: a consumer that
+//! fails, `Closed` when it closes (reported once the connection is closed and
+//! its [`MediaTransport`] dropped, or earlier if the library reports it); after
+//! that the channel ends. The channel is bounded: a consumer that
 //! falls behind stalls the pumps, and the library then drops packets at its
 //! own 256-packet per-track queue (counted in its stats, logged at error by the
 //! `webrtc` crate via `log`).
@@ -47,7 +49,7 @@ use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
     register_default_interceptors, MediaEngine, PeerConnection, PeerConnectionBuilder,
     PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceGatheringState, RTCIceServer,
-    RTCPeerConnectionState, RTCSessionDescription, Registry, SettingEngineBuilder,
+    RTCPeerConnectionState, RTCSdpType, RTCSessionDescription, Registry, SettingEngineBuilder,
 };
 use webrtc::runtime::TokioRuntime;
 
@@ -218,13 +220,19 @@ pub fn inspect_offer(sdp: &str) -> Result<Vec<OfferedLine>, TransportError> {
     for (i, m) in parsed.media_descriptions.iter().enumerate() {
         let kind = m.media_name.media.clone();
         let Some(Some(mid)) = m.attribute("mid") else {
-            return Err(TransportError::BadOffer(format!("m-line {i} ({kind}) has no a=mid")));
+            return Err(TransportError::BadOffer(format!(
+                "m-line {i} ({kind}) has no a=mid"
+            )));
         };
         if mid.is_empty() || mid.len() > 64 {
-            return Err(TransportError::BadOffer(format!("m-line {i} has an unusable a=mid")));
+            return Err(TransportError::BadOffer(format!(
+                "m-line {i} has an unusable a=mid"
+            )));
         }
         if !seen.insert(mid.to_owned()) {
-            return Err(TransportError::BadOffer(format!("m-line {i} repeats a mid")));
+            return Err(TransportError::BadOffer(format!(
+                "m-line {i} repeats a mid"
+            )));
         }
         let dir = direction_of(m.attributes.iter().map(|a| a.key.as_str())).or(session_dir);
         let sends = matches!(dir, None | Some("sendonly") | Some("sendrecv"));
@@ -262,7 +270,6 @@ pub async fn connect_webrtc(
                     rtcp_feedback: vec![],
                 },
                 payload_type: OPUS_PT,
-                ..Default::default()
             },
             RtpCodecKind::Audio,
         )
@@ -304,7 +311,12 @@ pub async fn connect_webrtc(
         .await
         .map_err(setup)?;
     let pc: Arc<dyn PeerConnection> = Arc::new(pc);
-    tokio::spawn(supervise(Arc::downgrade(&pc), tracks_rx, life_rx, events_tx));
+    tokio::spawn(supervise(
+        Arc::downgrade(&pc),
+        tracks_rx,
+        life_rx,
+        events_tx,
+    ));
     debug!("WebRTC peer connection created.");
     Ok((
         Box::new(WebRtcTransport {
@@ -366,6 +378,7 @@ async fn supervise(
     mut lifecycle: mpsc::UnboundedReceiver<Lifecycle>,
     events: mpsc::Sender<TransportEvent>,
 ) {
+    let mut closed_sent = false;
     loop {
         tokio::select! {
             Some(track) = tracks.recv() => {
@@ -389,13 +402,22 @@ async fn supervise(
                 let ev = match ev {
                     Lifecycle::Connected => TransportEvent::Connected,
                     Lifecycle::Failed(why) => TransportEvent::Failed(why),
-                    Lifecycle::Closed => TransportEvent::Closed,
+                    Lifecycle::Closed => {
+                        closed_sent = true;
+                        TransportEvent::Closed
+                    }
                 };
                 // A closed channel means the consumer left; keep draining.
                 let _ = events.send(ev).await;
             }
             else => break,
         }
+    }
+    // The connection is gone (closed locally and dropped): say so once, so
+    // every connection's events end with `Closed`. Bounded: a consumer that
+    // stopped draining does not keep this task alive.
+    if !closed_sent {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, events.send(TransportEvent::Closed)).await;
     }
     trace!("WebRTC supervisor ended.");
 }
@@ -510,9 +532,37 @@ async fn negotiate(
             reason: e.to_string(),
         }
     };
-    pc.set_remote_description(offer)
-        .await
-        .map_err(step("set_remote_description"))?;
+    let result = match pc.set_remote_description(offer).await {
+        Ok(()) => answer_applied(&pc, &lines, &mut gathering, gather_timeout).await,
+        Err(e) => Err(step("set_remote_description")(e)),
+    };
+    if result.is_err() {
+        // Back to `stable`, so the connection can take the next offer. Also
+        // after a failed set_remote_description: 0.21.1 can leave the
+        // signalling state at have-remote-offer when it rejects an offer late
+        // (e.g. one without a fingerprint).
+        let mut rollback = RTCSessionDescription::default();
+        rollback.sdp_type = RTCSdpType::Rollback;
+        if let Err(e) = pc.set_remote_description(rollback).await {
+            debug!(error = %e, "Rollback after a failed answer did not apply.");
+        }
+    }
+    result
+}
+
+/// The rest of [`negotiate`], after the remote offer is applied.
+async fn answer_applied(
+    pc: &Arc<dyn PeerConnection>,
+    lines: &[OfferedLine],
+    gathering: &mut watch::Receiver<RTCIceGatheringState>,
+    gather_timeout: Duration,
+) -> Result<String, TransportError> {
+    let step = |step: &'static str| {
+        move |e: webrtc::error::Error| TransportError::Negotiation {
+            step,
+            reason: e.to_string(),
+        }
+    };
 
     // Receive audio the remote sends; nothing else.
     let wanted: HashMap<&str, bool> = lines
@@ -521,8 +571,12 @@ async fn negotiate(
         .collect();
     let mut receiving = 0usize;
     for t in pc.get_transceivers().await {
-        let Ok(Some(mid)) = t.mid().await else { continue };
-        let Some(&recv) = wanted.get(mid.as_str()) else { continue };
+        let Ok(Some(mid)) = t.mid().await else {
+            continue;
+        };
+        let Some(&recv) = wanted.get(mid.as_str()) else {
+            continue;
+        };
         let dir = if recv {
             receiving += 1;
             RTCRtpTransceiverDirection::Recvonly
@@ -535,7 +589,10 @@ async fn negotiate(
         }
     }
 
-    let answer = pc.create_answer(None).await.map_err(step("create_answer"))?;
+    let answer = pc
+        .create_answer(None)
+        .await
+        .map_err(step("create_answer"))?;
     pc.set_local_description(answer)
         .await
         .map_err(step("set_local_description"))?;
@@ -546,14 +603,14 @@ async fn negotiate(
         Ok(Err(_)) => return Err(TransportError::Closed),
         Err(_) => return Err(TransportError::GatherTimeout(gather_timeout)),
     }
-    let local = pc.local_description().await.ok_or(TransportError::Negotiation {
-        step: "local_description",
-        reason: "no local description after set_local_description".into(),
-    })?;
-    info!(
-        m_lines = lines.len(),
-        receiving, "Answered a WebRTC offer."
-    );
+    let local = pc
+        .local_description()
+        .await
+        .ok_or(TransportError::Negotiation {
+            step: "local_description",
+            reason: "no local description after set_local_description".into(),
+        })?;
+    info!(m_lines = lines.len(), receiving, "Answered a WebRTC offer.");
     Ok(local.sdp)
 }
 
@@ -571,22 +628,45 @@ m=video 0 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=mid:v\r\na=inactive\r\na
         assert_eq!(
             lines,
             vec![
-                OfferedLine { mid: "a".into(), kind: "audio".into(), remote_sends: true },
-                OfferedLine { mid: "v".into(), kind: "video".into(), remote_sends: false },
+                OfferedLine {
+                    mid: "a".into(),
+                    kind: "audio".into(),
+                    remote_sends: true
+                },
+                OfferedLine {
+                    mid: "v".into(),
+                    kind: "video".into(),
+                    remote_sends: false
+                },
             ]
         );
     }
 
     #[test]
     fn inspect_rejects_bad_offers() {
-        assert!(matches!(inspect_offer("garbage"), Err(TransportError::BadOffer(_))));
-        assert!(matches!(inspect_offer(""), Err(TransportError::BadOffer(_))));
+        assert!(matches!(
+            inspect_offer("garbage"),
+            Err(TransportError::BadOffer(_))
+        ));
+        assert!(matches!(
+            inspect_offer(""),
+            Err(TransportError::BadOffer(_))
+        ));
         let no_mid = OFFER.replace("a=mid:a\r\n", "");
-        assert!(matches!(inspect_offer(&no_mid), Err(TransportError::BadOffer(_))));
+        assert!(matches!(
+            inspect_offer(&no_mid),
+            Err(TransportError::BadOffer(_))
+        ));
         let dup = OFFER.replace("a=mid:v", "a=mid:a");
-        assert!(matches!(inspect_offer(&dup), Err(TransportError::BadOffer(_))));
+        assert!(matches!(
+            inspect_offer(&dup),
+            Err(TransportError::BadOffer(_))
+        ));
         let huge = "x".repeat(MAX_OFFER_BYTES + 1);
-        assert!(matches!(inspect_offer(&huge), Err(TransportError::BadOffer(_))));
+        assert!(matches!(
+            inspect_offer(&huge),
+            Err(TransportError::BadOffer(_))
+        ));
     }
 
     /// Truncations and byte flips of a real offer never panic.
