@@ -6,10 +6,15 @@
 //!   keepalives, timeouts, error mapping).
 //! - [`ws`] is the thin tokio shell: WebSocket (`janus-protocol`, rustls for `wss`) plus timer
 //!   plus a command channel driving the state machine.
+//! - [`transport`] is the receive-only WebRTC peer (webrtc-rs behind the `MediaTransport`
+//!   seam): answers Janus's offers and delivers RTP per mid.
+//! - [`jitter`] is the sans-IO reorder buffer that maps RTP onto the meeting clock.
+//!
+//! Not yet wired into [`crate::platform::open`]: the `JanusPlatform` that joins these
+//! pieces is the next step of issue 3.
 
+pub mod jitter;
 pub mod signalling;
-// TODO(integrator): `pub mod transport;` — the webrtc-rs media transport (answer(offer) →
-// answer SDP, RTP per mid) lives on another branch.
-// pub mod transport;
+pub mod transport;
 pub mod url;
 pub mod ws;
