@@ -12,7 +12,7 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 # Installs the Debian packages meetbot's build, tests and demo need, if missing.
 install_deps() {
-  local pkgs=(build-essential cmake pkg-config espeak-ng sox python3-pip unzip curl iproute2)
+  local pkgs=(build-essential cmake pkg-config espeak-ng sox python3-pip unzip curl iproute2 janus)
   local missing=()
   for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
