@@ -4,7 +4,7 @@
 #   docker build -t meetbot .                              # model baked in (default)
 #   docker build --build-arg BAKE_MODEL=false -t meetbot . # mount the model at /models instead
 #
-# Runtime contract (tested without Docker by tests/runtime_contract.rs):
+# Runtime contract:
 # non-root user, read-only root filesystem; every write goes to /data (spool
 # on tmpfs, transcripts/audit/keys on volumes as the operator chooses).
 
