@@ -241,17 +241,56 @@ pub fn wait_with_timeout(mut child: Child, limit: Duration) -> Run {
     Run::from(out)
 }
 
-/// Lower-case words without punctuation.
+/// Lower-case words without punctuation; "Mr" as "mister", numbers below
+/// 100 as words (Whisper writes "10 of clubs" for "ten of clubs").
 pub fn words(s: &str) -> Vec<String> {
-    s.to_lowercase()
+    const ONES: [&str; 20] = [
+        "zero",
+        "one",
+        "two",
+        "three",
+        "four",
+        "five",
+        "six",
+        "seven",
+        "eight",
+        "nine",
+        "ten",
+        "eleven",
+        "twelve",
+        "thirteen",
+        "fourteen",
+        "fifteen",
+        "sixteen",
+        "seventeen",
+        "eighteen",
+        "nineteen",
+    ];
+    const TENS: [&str; 10] = [
+        "", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety",
+    ];
+    let mut out = Vec::new();
+    for raw in s
+        .to_lowercase()
         .split(|c: char| c.is_whitespace() || c == '-')
-        .map(|w| {
-            w.chars()
-                .filter(|c| c.is_alphanumeric() || *c == '\'')
-                .collect::<String>()
-        })
-        .filter(|w| !w.is_empty())
-        .collect()
+    {
+        let w: String = raw.chars().filter(|c| c.is_alphanumeric()).collect();
+        if w.is_empty() {
+            continue;
+        }
+        match w.parse::<usize>() {
+            Ok(n) if n < 20 => out.push(ONES[n].to_string()),
+            Ok(n) if n < 100 => {
+                out.push(TENS[n / 10].to_string());
+                if n % 10 != 0 {
+                    out.push(ONES[n % 10].to_string());
+                }
+            }
+            _ if w == "mr" => out.push("mister".into()),
+            _ => out.push(w),
+        }
+    }
+    out
 }
 
 /// Word error rate of `hyp` against `reference`.
