@@ -10,11 +10,10 @@ export MEETBOT_MODEL_DIR="${MEETBOT_MODEL_DIR:-$ROOT/models/faster-whisper-tiny.
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
-# Installs the Debian packages meetbot's build, tests and demo need, if missing.
-install_deps() {
-  local pkgs=(build-essential cmake pkg-config espeak-ng sox python3-pip unzip curl iproute2 janus)
+# Installs the given Debian packages that are not installed yet.
+apt_install_missing() {
   local missing=()
-  for p in "${pkgs[@]}"; do
+  for p in "$@"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
   if [ ${#missing[@]} -gt 0 ]; then
@@ -24,6 +23,11 @@ install_deps() {
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
+}
+
+# Installs the Debian packages meetbot's build, tests and demo need, if missing.
+install_deps() {
+  apt_install_missing build-essential cmake pkg-config espeak-ng sox python3-pip unzip curl iproute2 janus
   command -v cargo >/dev/null || die "cargo not found: install Rust (https://rustup.rs) first"
 }
 
@@ -39,18 +43,7 @@ build_release() {
 # Installs what scripts/local-meeting needs (Janus, headless Chromium, namespaces, audio tools),
 # only the Debian packages that are missing. Does not need cargo.
 install_meeting_deps() {
-  local pkgs=(janus chromium iproute2 util-linux sox espeak-ng python3 procps)
-  local missing=()
-  for p in "${pkgs[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-  done
-  if [ ${#missing[@]} -gt 0 ]; then
-    log "installing Debian packages: ${missing[*]}"
-    local sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  fi
+  apt_install_missing janus chromium iproute2 util-linux sox espeak-ng python3 procps
   [ -x /usr/lib/chromium/chromium ] || die "/usr/lib/chromium/chromium missing after installing chromium"
   command -v janus >/dev/null || die "janus missing after installing janus"
 }
