@@ -333,7 +333,7 @@ impl MeetingPlatform for JanusPlatform {
         let leave_bound = this.opts.request_timeout + LEAVE_MARGIN;
         let result = match exit {
             Exit::Leave => {
-                info!("Leaving the Janus room.");
+                debug!("Asked to leave the Janus room.");
                 Ok(())
             }
             Exit::Ended(reason) => {
