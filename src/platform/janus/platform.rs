@@ -406,7 +406,7 @@ async fn on_sig_event(r: &mut Router, ev: SigEvent) -> Result<Option<Exit>, Stop
                 r.meeting_start = Some(Instant::now());
                 info!(
                     after_ms = r.started.elapsed().as_millis() as u64,
-                    "Joined the Janus room."
+                    "Meeting clock started."
                 );
                 r.send(PlatformEvent::Admitted).await?;
             }
@@ -503,5 +503,173 @@ mod tests {
         };
         assert!(reason.contains("connect"), "{reason}");
         assert!(rx.try_recv().is_err(), "no event before joining");
+    }
+
+    fn router() -> (Router, mpsc::Receiver<PlatformEvent>) {
+        let (tx, rx) = mpsc::channel(64);
+        let r = Router {
+            events: tx,
+            leave: CancellationToken::new(),
+            jitter: JitterConfig::default(),
+            meeting_start: None,
+            mids: BTreeMap::new(),
+            buffers: BTreeMap::new(),
+            present: BTreeSet::new(),
+            started: Instant::now(),
+            first_audio: false,
+        };
+        (r, rx)
+    }
+
+    fn offer(streams: &[(&str, u64)]) -> Offer {
+        Offer {
+            offer_id: 1,
+            offer_sdp: String::new(),
+            streams: streams
+                .iter()
+                .map(|(mid, feed)| super::super::signalling::StreamInfo {
+                    mid: (*mid).to_owned(),
+                    feed_id: FeedId::Num(*feed),
+                    display: Pii::new(format!("P{feed}")),
+                })
+                .collect(),
+        }
+    }
+
+    fn rtp(mid: &str, seq: u16, arrival: Instant) -> super::super::transport::RtpAudio {
+        super::super::transport::RtpAudio {
+            mid: mid.to_owned(),
+            seq,
+            timestamp: u32::from(seq) * 960,
+            payload: bytes::Bytes::from_static(b"\xfc\x01"),
+            arrival,
+        }
+    }
+
+    fn drain(rx: &mut mpsc::Receiver<PlatformEvent>) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(ev) = rx.try_recv() {
+            out.push(match ev {
+                PlatformEvent::Admitted => "admitted".to_owned(),
+                PlatformEvent::ParticipantJoined { id, name } => {
+                    format!("joined {id} {}", name.expose())
+                }
+                PlatformEvent::ParticipantLeft { id } => format!("left {id}"),
+                PlatformEvent::Audio { id, packet } => format!("audio {id} {}", packet.seq),
+                PlatformEvent::Ended { reason } => format!("ended {}", reason.as_str()),
+                PlatformEvent::Waiting => "waiting".to_owned(),
+            });
+        }
+        out
+    }
+
+    async fn sig(r: &mut Router, ev: SigEvent) -> Option<Exit> {
+        on_sig_event(r, ev).await.ok().flatten()
+    }
+
+    #[tokio::test]
+    async fn routes_rtp_per_mid_and_drains_a_leaver_before_it_leaves() {
+        let (mut r, mut rx) = router();
+        let t0 = Instant::now();
+        // Audio before the join is dropped (no meeting clock yet).
+        r.replace_streams(&offer(&[("0", 7)])).await.ok();
+        r.on_rtp(rtp("0", 1, t0)).await.ok();
+        assert!(r.buffers.is_empty());
+        assert!(sig(&mut r, SigEvent::Joined).await.is_none());
+        let feed = |n| SigEvent::PublisherJoined {
+            feed_id: FeedId::Num(n),
+            display: Pii::new(format!("P{n}")),
+        };
+        sig(&mut r, feed(7)).await;
+        sig(&mut r, feed(9)).await;
+        let now = Instant::now();
+        r.on_rtp(rtp("0", 10, now)).await.ok();
+        r.on_rtp(rtp("0", 11, now)).await.ok();
+        // The first packet is held for the jitter delay; popping later releases both.
+        r.pop_ready(now + Duration::from_millis(100)).await.ok();
+        // A mid the subscription does not know is ignored.
+        r.on_rtp(rtp("5", 1, now)).await.ok();
+        r.on_rtp(rtp("0", 12, now)).await.ok();
+        // 13 is missing, 14 is held behind the hole: the leaver's buffer is drained
+        // (gap skipped) before ParticipantLeft.
+        r.on_rtp(rtp("0", 14, now)).await.ok();
+        sig(
+            &mut r,
+            SigEvent::PublisherLeft {
+                feed_id: FeedId::Num(7),
+            },
+        )
+        .await;
+        // Audio for a feed that left is dropped.
+        r.on_rtp(rtp("0", 15, now)).await.ok();
+        assert_eq!(
+            drain(&mut rx),
+            [
+                "admitted",
+                "joined 7 P7",
+                "joined 9 P9",
+                "audio 7 10",
+                "audio 7 11",
+                "audio 7 12",
+                "audio 7 14",
+                "left 7",
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_recycled_mid_gets_a_fresh_buffer_and_flushes_the_old_feed() {
+        let (mut r, mut rx) = router();
+        sig(&mut r, SigEvent::Joined).await;
+        for n in [7, 9] {
+            sig(
+                &mut r,
+                SigEvent::PublisherJoined {
+                    feed_id: FeedId::Num(n),
+                    display: Pii::new(format!("P{n}")),
+                },
+            )
+            .await;
+        }
+        r.replace_streams(&offer(&[("0", 7)])).await.ok();
+        let now = Instant::now();
+        r.on_rtp(rtp("0", 500, now)).await.ok(); // held (first packet)
+        r.replace_streams(&offer(&[("0", 9)])).await.ok();
+        r.on_rtp(rtp("0", 3, now)).await.ok();
+        r.pop_ready(now + Duration::from_millis(100)).await.ok();
+        let evs = drain(&mut rx);
+        assert_eq!(&evs[3..], ["audio 7 500", "audio 9 3"], "{evs:?}");
+    }
+
+    #[tokio::test]
+    async fn terminal_events_map_to_ends_and_failures() {
+        let (mut r, _rx) = router();
+        assert!(matches!(
+            sig(&mut r, SigEvent::RoomDestroyed).await,
+            Some(Exit::Ended(EndReason::EndedByHost))
+        ));
+        assert!(matches!(
+            sig(&mut r, SigEvent::Kicked).await,
+            Some(Exit::Ended(EndReason::Kicked))
+        ));
+        let Some(Exit::Failed(reason)) = sig(
+            &mut r,
+            SigEvent::Fatal {
+                kind: super::super::signalling::FatalKind::NoSuchRoom,
+                reason: "no such room".into(),
+            },
+        )
+        .await
+        else {
+            panic!("Fatal must fail the run");
+        };
+        assert!(reason.contains("no such room"), "{reason}");
+    }
+
+    #[tokio::test]
+    async fn a_closed_core_channel_stops_the_router() {
+        let (mut r, rx) = router();
+        drop(rx);
+        assert!(on_sig_event(&mut r, SigEvent::Joined).await.is_err());
     }
 }
