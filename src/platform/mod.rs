@@ -99,21 +99,27 @@ pub trait MeetingPlatform: Send {
     ) -> Result<(), PlatformError>;
 }
 
-/// Opens the platform named by the URL's scheme. Fails fast, before anything
-/// is recorded, when the URL or what it names is unusable.
-pub fn open(url: &Pii<String>) -> Result<Box<dyn MeetingPlatform>, PlatformError> {
+/// Opens the platform named by the URL's scheme (`replay:<manifest.json>`,
+/// `janus+ws://host:port/<room>[?pin=…]`, `janus+wss://…`); `bot_name` is the
+/// display name used where the platform shows one. Fails fast, before anything
+/// is recorded, when the URL or what it names is unusable. Errors never repeat
+/// the URL.
+pub fn open(url: &Pii<String>, bot_name: &str) -> Result<Box<dyn MeetingPlatform>, PlatformError> {
     let raw = url.expose().trim();
     let Some((scheme, rest)) = raw.split_once(':') else {
         return Err(PlatformError::InvalidUrl(
-            "no scheme; expected replay:<manifest.json>".into(),
+            "no scheme; expected replay:<manifest.json> or janus+ws://host:port/<room>".into(),
         ));
     };
     match scheme {
         "replay" => Ok(Box::new(replay::ReplayPlatform::open(
             std::path::Path::new(rest),
         )?)),
+        "janus+ws" | "janus+wss" => Ok(Box::new(janus::platform::JanusPlatform::open(
+            url, bot_name,
+        )?)),
         other => Err(PlatformError::InvalidUrl(format!(
-            "unknown scheme {:?}; supported: replay",
+            "unknown scheme {:?}; supported: replay, janus+ws, janus+wss",
             truncate(other, 32)
         ))),
     }

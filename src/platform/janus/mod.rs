@@ -10,10 +10,11 @@
 //!   seam): answers Janus's offers and delivers RTP per mid.
 //! - [`jitter`] is the sans-IO reorder buffer that maps RTP onto the meeting clock.
 //!
-//! Not yet wired into [`crate::platform::open`]: the `JanusPlatform` that joins these
-//! pieces is the next step of issue 3.
+//! - [`platform`] joins them into [`platform::JanusPlatform`], the [`crate::platform::MeetingPlatform`]
+//!   that [`crate::platform::open`] returns for `janus+ws:` and `janus+wss:` URLs.
 
 pub mod jitter;
+pub mod platform;
 pub mod signalling;
 pub mod transport;
 pub mod url;
