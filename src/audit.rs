@@ -396,18 +396,20 @@ impl AuditLog {
     /// Refuses to extend a log whose last line is incomplete or fails its own
     /// checks; run [`verify`] to see the whole picture.
     pub fn append(&self, receipt: &DeletionReceipt) -> Result<AuditEntry, AuditError> {
-        // A panic in another appender cannot leave the file inconsistent (the
-        // flock and the truncate-on-error protect it), so poisoning is ignored.
-        let _in_process = self.in_process.lock().unwrap_or_else(|p| p.into_inner());
-        flock_retrying(&self.file, FlockOperation::LockExclusive)
-            .map_err(|e| io_err(&self.path, "lock")(e.into()))?;
-        let _guard = LockGuard(&self.file);
-        let len = self
-            .file
-            .metadata()
-            .map_err(io_err(&self.path, "stat"))?
-            .len();
-        let (seq, prev_hash) = match self.last_entry(len)? {
+        self.with_tail(FlockOperation::LockExclusive, |len, last| {
+            self.append_locked(receipt, len, last)
+        })
+    }
+
+    /// The body of [`AuditLog::append`], run under the exclusive lock with the
+    /// log's length and last entry.
+    fn append_locked(
+        &self,
+        receipt: &DeletionReceipt,
+        len: u64,
+        last: Option<AuditEntry>,
+    ) -> Result<AuditEntry, AuditError> {
+        let (seq, prev_hash) = match last {
             Some(last) => (last.seq + 1, last.hash),
             None => (1, GENESIS_HASH.to_string()),
         };
@@ -445,16 +447,28 @@ impl AuditLog {
     /// Checks that the log can take another entry (its last line is whole and
     /// valid), without writing. Run it before recording anything.
     pub fn check_appendable(&self) -> Result<(), AuditError> {
+        self.with_tail(FlockOperation::LockShared, |_, _| Ok(()))
+    }
+
+    /// Runs `f` with the log's length and last entry while holding the
+    /// in-process mutex and a `flock` of kind `op`.
+    fn with_tail<T>(
+        &self,
+        op: FlockOperation,
+        f: impl FnOnce(u64, Option<AuditEntry>) -> Result<T, AuditError>,
+    ) -> Result<T, AuditError> {
+        // A panic in another appender cannot leave the file inconsistent (the
+        // flock and the truncate-on-error protect it), so poisoning is ignored.
         let _in_process = self.in_process.lock().unwrap_or_else(|p| p.into_inner());
-        flock_retrying(&self.file, FlockOperation::LockShared)
-            .map_err(|e| io_err(&self.path, "lock")(e.into()))?;
+        flock_retrying(&self.file, op).map_err(|e| io_err(&self.path, "lock")(e.into()))?;
         let _guard = LockGuard(&self.file);
         let len = self
             .file
             .metadata()
             .map_err(io_err(&self.path, "stat"))?
             .len();
-        self.last_entry(len).map(|_| ())
+        let last = self.last_entry(len)?;
+        f(len, last)
     }
 
     /// The last entry of a log `len` bytes long, read from its tail.
