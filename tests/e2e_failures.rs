@@ -447,7 +447,7 @@ fn one_failed_utterance_is_a_gap_not_a_lost_meeting() {
     espeak("en-us", "The first sentence is lost.", &d.join("a.wav"));
     espeak("en-us", "The second sentence arrives.", &d.join("b.wav"));
     let st = Command::new("sox")
-        .args(["-q", "-n", "-r", "48000", "-c", "1", "-b", "16"])
+        .args(["-q", "-D", "-n", "-r", "48000", "-c", "1", "-b", "16"])
         .arg(d.join("gap.wav"))
         .args(["trim", "0", "2"])
         .status()

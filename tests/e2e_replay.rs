@@ -22,7 +22,7 @@ fn two_speaker_meeting(ws: &Workspace, pace: &str) -> (PathBuf, PathBuf, PathBuf
     espeak("en-gb+m3", GUEST_1, &d.join("guest.wav"));
     // 7 s of silence between the host's sentences.
     let st = Command::new("sox")
-        .args(["-q", "-n", "-r", "48000", "-c", "1", "-b", "16"])
+        .args(["-q", "-D", "-n", "-r", "48000", "-c", "1", "-b", "16"])
         .arg(d.join("gap.wav"))
         .args(["trim", "0", "7"])
         .status()

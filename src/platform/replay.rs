@@ -1106,7 +1106,34 @@ mod tests {
             r#"{"participants":[{"name":"a","wav":"speech.wav","offset_ms":2000},
                 {"name":"b","wav":"speech.wav","offset_ms":7000}],"pace":"fast"}"#,
         );
-        let (result, events) = collect(ReplayPlatform::open(&m).expect("valid")).await;
+        let utterances = replay_utterances(&m).await;
+        assert_eq!(utterances.len(), 2, "{utterances:?}");
+        for (u, offset, who) in [(&utterances[0], 2000, "p1"), (&utterances[1], 7000, "p2")] {
+            assert_eq!(u.participant.0, who);
+            let s = offset + first * 1000 / 22_050;
+            let e = offset + last * 1000 / 22_050;
+            assert!(
+                u.start_ms + 300 >= s && u.start_ms <= s,
+                "start {} vs {s}",
+                u.start_ms
+            );
+            assert!(
+                u.end_ms + 100 >= e && u.end_ms <= e + 300,
+                "end {} vs {e}",
+                u.end_ms
+            );
+        }
+        // Deterministic: the same file gives bit-identical audio whichever
+        // participant plays it, and so does a second run of the replay.
+        assert_eq!(utterances[0].samples, utterances[1].samples);
+        let again = replay_utterances(&m).await;
+        assert_eq!(utterances[0].samples, again[0].samples);
+        assert_eq!(utterances[1].samples, again[1].samples);
+    }
+
+    /// Runs a replay through the live pipelines; its utterances in order.
+    async fn replay_utterances(m: &Path) -> Vec<Utterance> {
+        let (result, events) = collect(ReplayPlatform::open(m).expect("valid")).await;
         result.expect("ok");
         let mut pipes: std::collections::BTreeMap<ParticipantId, ParticipantPipeline> =
             Default::default();
@@ -1125,22 +1152,7 @@ mod tests {
                 _ => {}
             }
         }
-        assert_eq!(utterances.len(), 2, "{utterances:?}");
-        for (u, offset, who) in [(&utterances[0], 2000, "p1"), (&utterances[1], 7000, "p2")] {
-            assert_eq!(u.participant.0, who);
-            let s = offset + first * 1000 / 22_050;
-            let e = offset + last * 1000 / 22_050;
-            assert!(
-                u.start_ms + 300 >= s && u.start_ms <= s,
-                "start {} vs {s}",
-                u.start_ms
-            );
-            assert!(
-                u.end_ms + 100 >= e && u.end_ms <= e + 300,
-                "end {} vs {e}",
-                u.end_ms
-            );
-        }
+        utterances
     }
 
     /// Peak memory of a 10-participant replay feeding the live pipelines:

@@ -20,8 +20,10 @@ pub fn espeak(voice: &str, text: &str, out: &Path) {
         .status()
         .expect("espeak-ng must be installed (scripts/test installs it)");
     assert!(st.success(), "espeak-ng failed");
+    // -D: no dither. sox seeds its dither from the clock, so without it every
+    // run would feed the model slightly different audio.
     let st = Command::new("sox")
-        .arg("-q")
+        .args(["-q", "-D"])
         .arg(&raw)
         .args(["-r", "48000", "-c", "1", "-b", "16"])
         .arg(out)
@@ -32,9 +34,14 @@ pub fn espeak(voice: &str, text: &str, out: &Path) {
     let _ = std::fs::remove_file(raw);
 }
 
-/// Concatenates WAVs with sox.
+/// Concatenates WAVs with sox (no dither, so the result is reproducible).
 pub fn concat(parts: &[PathBuf], out: &Path) {
-    let st = Command::new("sox").args(parts).arg(out).status().unwrap();
+    let st = Command::new("sox")
+        .arg("-D")
+        .args(parts)
+        .arg(out)
+        .status()
+        .unwrap();
     assert!(st.success());
 }
 
