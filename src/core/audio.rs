@@ -10,9 +10,14 @@
 //! that the stream is kept aligned to `at_ms`:
 //!
 //! * a packet whose sequence number is not newer than the last one (duplicate
-//!   or late) is dropped;
+//!   or late) is dropped, unless it jumps back more than [`RESTART_PACKETS`]
+//!   and is not late on the meeting clock: that is a restarted stream (a
+//!   rejoin, a new sender) and it is taken as such;
 //! * a hole of up to [`MAX_PLC_MS`] where packets are missing is filled with
-//!   Opus packet-loss concealment, sized from the last packet's duration;
+//!   Opus packet-loss concealment, sized from the last packet's duration,
+//!   except its last packet's worth, which is recovered from the in-band FEC
+//!   (LBRR) data the next packet carries when the sender added it (Chrome
+//!   does, `useinbandfec=1`); libopus falls back to concealment otherwise;
 //! * a longer hole, or one without missing sequence numbers (DTX, a muted
 //!   sender), becomes silence that the VAD never takes for speech, at a cost
 //!   that does not grow with the hole's length;
@@ -45,6 +50,10 @@ pub const MAX_PLC_MS: u64 = 120;
 /// How far the stream may run ahead of a packet's `at_ms` before that packet
 /// is skipped, ms.
 pub const MAX_AHEAD_MS: u64 = 100;
+/// A sequence jump larger than this, either way, is a restarted stream rather
+/// than loss or reordering (20 s of 20 ms packets; the jitter buffer's default
+/// resync threshold).
+pub const RESTART_PACKETS: u16 = 1000;
 /// Lateness of `at_ms` tolerated without inserting anything (clock jitter), in
 /// 48 kHz samples (2.5 ms).
 const JITTER_TOLERANCE: u64 = PLC_QUANTUM;
@@ -74,6 +83,11 @@ pub struct PipelineStats {
     pub concealed_samples: u64,
     /// 48 kHz samples of silence inserted for holes.
     pub silence_samples: u64,
+    /// 48 kHz samples recovered from in-band FEC (or concealed by libopus
+    /// when the packet carried none).
+    pub fec_samples: u64,
+    /// Times the stream restarted (a large sequence jump not late in time).
+    pub restarts: u64,
 }
 
 /// Decode → 16 kHz → VAD for one participant.
@@ -154,16 +168,22 @@ impl ParticipantPipeline {
             None => self.origin_ms = Some(packet.at_ms),
             Some(origin) => {
                 let ahead = packet.seq.wrapping_sub(self.last_seq);
-                if ahead == 0 || ahead >= 0x8000 {
-                    self.stats.dropped += 1;
-                    trace!(participant = %self.id, seq = packet.seq, "Dropped duplicate or late packet.");
-                    return Vec::new();
-                }
-                let lost_packets = ahead > 1;
                 let expected = origin
                     .saturating_mul(PER_MS_48K)
                     .saturating_add(self.samples48);
                 let due = packet.at_ms.saturating_mul(PER_MS_48K);
+                let jump = ahead.min(ahead.wrapping_neg());
+                let restart = jump > RESTART_PACKETS
+                    && due.saturating_add(MAX_AHEAD_MS * PER_MS_48K) >= expected;
+                if restart {
+                    self.stats.restarts += 1;
+                    debug!(participant = %self.id, "Stream restarted (sequence jump).");
+                } else if ahead == 0 || ahead >= 0x8000 {
+                    self.stats.dropped += 1;
+                    trace!(participant = %self.id, seq = packet.seq, "Dropped duplicate or late packet.");
+                    return Vec::new();
+                }
+                let lost_packets = !restart && ahead > 1;
                 if expected > due.saturating_add(MAX_AHEAD_MS * PER_MS_48K) {
                     // Earlier packets decoded to more audio than their slots
                     // (junk that parsed as long frames): skip this one so the
@@ -175,7 +195,7 @@ impl ParticipantPipeline {
                 }
                 let hole = due.saturating_sub(expected);
                 if hole > JITTER_TOLERANCE {
-                    self.fill_hole(hole, lost_packets);
+                    self.fill_hole(hole, lost_packets, &packet.payload);
                 } else if lost_packets {
                     trace!(participant = %self.id, seq = packet.seq, "Sequence gap without a time gap.");
                 }
@@ -192,13 +212,18 @@ impl ParticipantPipeline {
         Some(self.utterance(seg))
     }
 
-    /// Fills `hole` 48 kHz samples before the next packet: concealment for a
-    /// short loss, silence otherwise.
-    fn fill_hole(&mut self, hole: u64, lost_packets: bool) {
+    /// Fills `hole` 48 kHz samples before the packet carrying `next`:
+    /// concealment for a short loss (its last packet from `next`'s in-band
+    /// FEC), silence otherwise.
+    fn fill_hole(&mut self, hole: u64, lost_packets: bool, next: &[u8]) {
         let mut silence = hole;
         if lost_packets && hole <= MAX_PLC_MS * PER_MS_48K {
             let mut conceal = hole / PLC_QUANTUM * PLC_QUANTUM;
             silence = hole - conceal;
+            // The lost packet just before `next`: FEC needs the exact frame
+            // size of that packet, taken to be the last one's.
+            let fec = (self.last_duration as u64).min(conceal);
+            conceal -= fec;
             while conceal > 0 {
                 // Both bounds are at most MAX_PACKET_SAMPLES, so the cast is exact.
                 let n = conceal.min(self.last_duration as u64) as usize;
@@ -208,6 +233,9 @@ impl ParticipantPipeline {
                 }
                 conceal -= n as u64;
             }
+            if fec > 0 && !self.recover_fec(fec as usize, next) {
+                silence += fec;
+            }
         }
         if silence > 0 {
             debug!(participant = %self.id, ms = silence / PER_MS_48K, "Inserting silence for a gap.");
@@ -216,6 +244,27 @@ impl ParticipantPipeline {
             // Gaps are whole ms or 2.5 ms quanta, so multiples of 3 samples at
             // 48 kHz: the 16 kHz position stays exactly a third.
             self.vad.push_gap(silence / 3, &mut self.segments);
+        }
+    }
+
+    /// Recovers the `n` samples (≤ 120 ms) just before `next` from its
+    /// in-band FEC data; libopus conceals instead when it carries none. False
+    /// if the decoder refused (then nothing was produced).
+    fn recover_fec(&mut self, n: usize, next: &[u8]) -> bool {
+        if next.is_empty() {
+            return self.conceal(n);
+        }
+        match self.decoder.decode_float(next, &mut self.pcm48[..n], true) {
+            Ok(got) if got > 0 => {
+                self.stats.fec_samples += got as u64;
+                self.feed(got);
+                true
+            }
+            Ok(_) => self.conceal(n),
+            Err(e) => {
+                debug!(participant = %self.id, error = %e, "FEC decode failed; concealing.");
+                self.conceal(n)
+            }
         }
     }
 
@@ -296,10 +345,19 @@ mod tests {
 
     /// Encodes 48 kHz mono audio into 20 ms packets starting at `at_ms`.
     fn encode(audio: &[f32], at_ms: u64, seq0: u16) -> Vec<OpusPacket> {
+        encode_with(audio, at_ms, seq0, false)
+    }
+
+    /// [`encode`], optionally with in-band FEC as Chrome sends it.
+    fn encode_with(audio: &[f32], at_ms: u64, seq0: u16, fec: bool) -> Vec<OpusPacket> {
         let mut enc = opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip)
             .expect("encoder");
         enc.set_bitrate(opus::Bitrate::Bits(32_000))
             .expect("bitrate");
+        if fec {
+            enc.set_inband_fec(true).expect("fec");
+            enc.set_packet_loss_perc(20).expect("loss");
+        }
         let mut out = [0u8; 1500];
         audio
             .chunks(960)
@@ -400,8 +458,98 @@ mod tests {
         let us = run(&mut p, &packets);
         assert_eq!(us.len(), 1, "{us:?}");
         assert_near(&us[0], s, e);
-        assert!(p.stats().concealed_samples >= 960 * 10);
-        assert_eq!(p.stats().silence_samples, 0);
+        // The packet just before each arriving one goes through the FEC path
+        // (concealment again here: this encoder adds no FEC data), the rest
+        // of a burst through plain concealment.
+        let st = p.stats();
+        assert!(st.concealed_samples + st.fec_samples >= 960 * 10, "{st:?}");
+        assert!(st.concealed_samples >= 960 * 3, "{st:?}");
+        assert_eq!(st.silence_samples, 0);
+    }
+
+    /// Mean squared difference between two utterances over the meeting time
+    /// they share, relative to the reference's energy there.
+    fn relative_error(reference: &Utterance, got: &Utterance) -> f64 {
+        let from = reference.start_ms.max(got.start_ms);
+        let to = reference.end_ms.min(got.end_ms);
+        assert!(to > from + 500, "too little overlap: {reference:?} {got:?}");
+        let r0 = ((from - reference.start_ms) * 16) as usize;
+        let g0 = ((from - got.start_ms) * 16) as usize;
+        let n = ((to - from) * 16) as usize;
+        let (mut err, mut energy) = (0f64, 0f64);
+        for i in 0..n {
+            let (r, g) = (
+                f64::from(reference.samples[r0 + i]),
+                f64::from(got.samples[g0 + i]),
+            );
+            err += (r - g) * (r - g);
+            energy += r * r;
+        }
+        err / energy.max(f64::MIN_POSITIVE)
+    }
+
+    #[test]
+    fn single_losses_are_recovered_from_in_band_fec() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (audio, s, e) = clip(dir.path());
+        // Lose every 5th packet inside the speech.
+        let lossy = |packets: &[OpusPacket]| -> Vec<OpusPacket> {
+            packets
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !(*i as u64 * 20 > s && (*i as u64) * 20 < e && i % 5 == 2))
+                .map(|(_, p)| p.clone())
+                .collect()
+        };
+        let mut errors = Vec::new();
+        for fec in [true, false] {
+            let packets = encode_with(&audio, 0, 7, fec);
+            let reference = run(&mut pipeline(), &packets);
+            let mut p = pipeline();
+            let got = run(&mut p, &lossy(&packets));
+            assert_eq!(
+                (reference.len(), got.len()),
+                (1, 1),
+                "{reference:?} {got:?}"
+            );
+            assert_near(&got[0], s, e);
+            if fec {
+                assert!(p.stats().fec_samples >= 960 * 10, "{:?}", p.stats());
+            }
+            errors.push(relative_error(&reference[0], &got[0]));
+        }
+        // FEC rebuilds the lost packets from the next packet's LBRR data; plain
+        // concealment only extrapolates, and is clearly further off.
+        let (with_fec, plc_only) = (errors[0], errors[1]);
+        eprintln!("relative error: FEC {with_fec:.4}, PLC {plc_only:.4}");
+        assert!(
+            with_fec * 2.0 < plc_only,
+            "FEC {with_fec} vs PLC {plc_only}"
+        );
+    }
+
+    #[test]
+    fn a_restarted_stream_is_taken_not_dropped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (audio, s, e) = clip(dir.path());
+        let first = encode(&audio, 0, 40_000);
+        // A rejoin: the sender's sequence starts over far below, 30 s later.
+        let later_at = 30_000;
+        let second = encode(&audio, later_at, 12);
+        let mut all = first.clone();
+        all.extend(second.iter().cloned());
+        let mut p = pipeline();
+        let us = run(&mut p, &all);
+        assert_eq!(us.len(), 2, "{us:?}");
+        assert_near(&us[1], later_at + s, later_at + e);
+        assert_eq!(p.stats().restarts, 1);
+        assert_eq!(p.stats().dropped, 0);
+        assert_eq!(p.stats().decoded as usize, all.len());
+        // But an old packet replayed late (its time has passed) is still dropped.
+        let end = p.stream_end_ms().expect("started");
+        let _ = p.push(&first[10]);
+        assert_eq!(p.stats().dropped, 1);
+        assert_eq!(p.stream_end_ms(), Some(end));
     }
 
     #[test]
