@@ -220,10 +220,10 @@ fn whole_flow_with_renegotiation_keepalive_and_leave() {
     assert_eq!(
         h.take_events(),
         vec![
-            SigEvent::Joined,
             joined(11, "Alice"),
             joined(12, "Bob"),
-            joined(14, "Screen")
+            joined(14, "Screen"),
+            SigEvent::Joined,
         ]
     );
     // one subscriber handle

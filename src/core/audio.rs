@@ -10,9 +10,9 @@
 //! that the stream is kept aligned to `at_ms`:
 //!
 //! * a packet whose sequence number is not newer than the last one (duplicate
-//!   or late) is dropped, unless it jumps back more than [`RESTART_PACKETS`]
-//!   and is not late on the meeting clock: that is a restarted stream (a
-//!   rejoin, a new sender) and it is taken as such;
+//!   or late) is dropped, unless it is not behind on the meeting clock: then
+//!   the stream restarted (a rejoin, a new sender) and it is taken as such,
+//!   like a forward jump of more than [`RESTART_PACKETS`];
 //! * a hole of up to [`MAX_PLC_MS`] where packets are missing is filled with
 //!   Opus packet-loss concealment, sized from the last packet's duration,
 //!   except its last packet's worth, which is recovered from the in-band FEC
@@ -50,9 +50,8 @@ pub const MAX_PLC_MS: u64 = 120;
 /// How far the stream may run ahead of a packet's `at_ms` before that packet
 /// is skipped, ms.
 pub const MAX_AHEAD_MS: u64 = 100;
-/// A sequence jump larger than this, either way, is a restarted stream rather
-/// than loss or reordering (20 s of 20 ms packets; the jitter buffer's default
-/// resync threshold).
+/// A forward sequence jump larger than this is a restarted stream rather than
+/// loss (20 s of 20 ms packets; the jitter buffer's default resync threshold).
 pub const RESTART_PACKETS: u16 = 1000;
 /// Lateness of `at_ms` tolerated without inserting anything (clock jitter), in
 /// 48 kHz samples (2.5 ms).
@@ -172,13 +171,17 @@ impl ParticipantPipeline {
                     .saturating_mul(PER_MS_48K)
                     .saturating_add(self.samples48);
                 let due = packet.at_ms.saturating_mul(PER_MS_48K);
-                let jump = ahead.min(ahead.wrapping_neg());
-                let restart = jump > RESTART_PACKETS
-                    && due.saturating_add(MAX_AHEAD_MS * PER_MS_48K) >= expected;
+                let not_newer = ahead == 0 || ahead >= 0x8000;
+                // A late or duplicate packet's slot has played: its time is
+                // before the stream's end. One that is not behind in time but
+                // whose sequence number says otherwise (or leaps ahead) is a
+                // new stream: a rejoin, a restarted sender.
+                let in_time = due.saturating_add(JITTER_TOLERANCE) >= expected;
+                let restart = in_time && (not_newer || ahead > RESTART_PACKETS);
                 if restart {
                     self.stats.restarts += 1;
                     debug!(participant = %self.id, "Stream restarted (sequence jump).");
-                } else if ahead == 0 || ahead >= 0x8000 {
+                } else if not_newer {
                     self.stats.dropped += 1;
                     trace!(participant = %self.id, seq = packet.seq, "Dropped duplicate or late packet.");
                     return Vec::new();
@@ -550,6 +553,14 @@ mod tests {
         let _ = p.push(&first[10]);
         assert_eq!(p.stats().dropped, 1);
         assert_eq!(p.stream_end_ms(), Some(end));
+        // A small step back in sequence numbers, later in time: a restart too.
+        let last_seq = second.last().expect("packets").seq;
+        let third = encode(&audio, end + 5_000, last_seq.wrapping_sub(20));
+        let us = run(&mut p, &third);
+        assert_eq!(us.len(), 1, "{us:?}");
+        assert_near(&us[0], end + 5_000 + s, end + 5_000 + e);
+        assert_eq!(p.stats().restarts, 2);
+        assert_eq!(p.stats().dropped, 1);
     }
 
     #[test]

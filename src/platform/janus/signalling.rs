@@ -240,7 +240,9 @@ impl FatalKind {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SigEvent {
-    /// The bot is in the room (the publisher-side `joined`).
+    /// The bot is in the room (the publisher-side `joined`). It follows the
+    /// [`SigEvent::PublisherJoined`] of everyone already publishing, so the
+    /// roster is complete when it arrives.
     Joined,
     /// A publisher is (or already was) in the room.
     PublisherJoined {
@@ -872,10 +874,11 @@ impl JanusSession {
                     .and_then(Value::as_u64)
                     .filter(|&p| p > 0);
                 info!("Joined the Janus room.");
-                self.emit(SigEvent::Joined);
                 if let Some(list) = data.get("publishers") {
                     self.add_publishers(list);
                 }
+                // After the roster: whoever is not announced by now is not in the room.
+                self.emit(SigEvent::Joined);
                 self.send(
                     now,
                     Req::AttachSub,
