@@ -283,6 +283,10 @@ pub async fn run(
                     abandoned = true;
                 }
                 Output::Commit => {
+                    let mut all_gaps = gaps.clone();
+                    all_gaps.extend(capture.gaps());
+                    // Audio missed while rejoining is missing from the transcript too.
+                    let whole = complete && all_gaps.iter().all(|g| g.kind != "rejoin");
                     let mut doc = TranscriptDoc {
                         schema: SCHEMA.into(),
                         meeting_id: req.meeting_id.clone(),
@@ -302,8 +306,8 @@ pub async fn run(
                         provider: comps.stt.name().to_string(),
                         model: comps.stt.model().to_string(),
                         language: req.language.clone(),
-                        complete,
-                        gaps: gaps.clone(),
+                        complete: whole,
+                        gaps: all_gaps,
                     };
                     doc.normalize();
                     let store = comps.store.clone();
@@ -502,6 +506,10 @@ struct Capture {
     vad: VadConfig,
     last_activity_report: Option<Instant>,
     speech_since_report: bool,
+    /// Stretches spent rejoining (kind `rejoin`).
+    rejoin_gaps: Vec<GapDoc>,
+    /// An interruption in progress: where it began on the meeting clock, and when.
+    interrupted: Option<(u64, Instant)>,
 }
 
 /// How often audio activity is reported to the lifecycle.
@@ -516,7 +524,23 @@ impl Capture {
             vad,
             last_activity_report: None,
             speech_since_report: false,
+            rejoin_gaps: Vec::new(),
+            interrupted: None,
         }
+    }
+
+    /// The rejoin gaps so far; one still open ends now.
+    fn gaps(&self) -> Vec<GapDoc> {
+        let mut gaps = self.rejoin_gaps.clone();
+        if let Some((at_ms, since)) = self.interrupted {
+            gaps.push(GapDoc {
+                start_ms: at_ms,
+                end_ms: at_ms.saturating_add(since.elapsed().as_millis() as u64),
+                speaker_id: None,
+                kind: "rejoin".into(),
+            });
+        }
+        gaps
     }
 
     /// Turns one platform event into lifecycle inputs and finished utterances.
@@ -585,6 +609,29 @@ impl Capture {
                     self.last_activity_report = Some(now);
                     inputs.push(Input::MediaActivity {
                         speech: std::mem::take(&mut self.speech_since_report),
+                    });
+                }
+            }
+            PlatformEvent::Interrupted { at_ms, reason } => {
+                warn!(reason = %reason, at_ms, "Meeting connection lost; the platform is rejoining.");
+                // Utterances in progress end here; audio after the rejoin starts new
+                // pipelines on the same meeting clock.
+                for (_, mut p) in std::mem::take(&mut self.pipelines) {
+                    utterances.extend(p.finish());
+                }
+                self.interrupted.get_or_insert((at_ms, Instant::now()));
+            }
+            PlatformEvent::Resumed { at_ms } => {
+                if let Some((start_ms, _)) = self.interrupted.take() {
+                    info!(
+                        gap_ms = at_ms.saturating_sub(start_ms),
+                        "Back in the meeting."
+                    );
+                    self.rejoin_gaps.push(GapDoc {
+                        start_ms,
+                        end_ms: at_ms.max(start_ms),
+                        speaker_id: None,
+                        kind: "rejoin".into(),
                     });
                 }
             }

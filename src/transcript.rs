@@ -99,6 +99,14 @@ impl TranscriptDoc {
         self.segments.sort_by(|a, b| {
             (a.start_ms, a.end_ms, &a.speaker_id).cmp(&(b.start_ms, b.end_ms, &b.speaker_id))
         });
+        self.gaps.sort_by(|a, b| {
+            (a.start_ms, a.end_ms, &a.speaker_id, &a.kind).cmp(&(
+                b.start_ms,
+                b.end_ms,
+                &b.speaker_id,
+                &b.kind,
+            ))
+        });
     }
 
     /// The JSON bytes that are committed (pretty, trailing newline).

@@ -41,6 +41,20 @@ pub enum PlatformEvent {
         /// The packet.
         packet: OpusPacket,
     },
+    /// The connection to the meeting was lost and the platform is rejoining: no audio
+    /// arrives until [`PlatformEvent::Resumed`] (or the platform gives up with an error).
+    /// Participants stay as they were until the rejoin tells otherwise.
+    Interrupted {
+        /// When, on the meeting clock (the one `OpusPacket::at_ms` uses), ms.
+        at_ms: u64,
+        /// Why, free of personal data.
+        reason: String,
+    },
+    /// Back in the meeting after [`PlatformEvent::Interrupted`].
+    Resumed {
+        /// When, on the meeting clock, ms.
+        at_ms: u64,
+    },
     /// The meeting is over from the platform's point of view.
     Ended {
         /// Why.

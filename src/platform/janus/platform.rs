@@ -16,6 +16,24 @@
 //!
 //! Every wait is bounded: the join by [`JOIN_TIMEOUT`], a polite leave by the client's
 //! request timeout plus a margin, the transport's negotiation by its gather timeout.
+//!
+//! # Rejoin
+//!
+//! Once admitted, losing the meeting (WebSocket closed, Janus session timed out or
+//! forgotten, a request unanswered, the media connection failed) is not the end: the
+//! platform reports [`PlatformEvent::Interrupted`], then reconnects with a fresh session
+//! and PeerConnection into the same room, with exponential backoff, for at most
+//! [`RejoinPolicy::window`]. Back in, publishers still there keep their participant (feed
+//! ids are stable in a VideoRoom), new ones join, and whoever is gone leaves; then
+//! [`PlatformEvent::Resumed`]. The meeting clock runs on through the gap, so timelines
+//! stay aligned. Failures before the first admission (unreachable server, wrong room or
+//! PIN) are not retried: they are errors at once.
+//!
+//! # Vanished publishers
+//!
+//! A publisher whose audio stops for [`RejoinPolicy::publisher_timeout`] without a
+//! `leaving` (a crashed browser, a dead network) is reported as having left; if its audio
+//! comes back it joins again under the same id.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -27,7 +45,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::jitter::{JitterBuffer, JitterConfig, JitterOutput};
-use super::signalling::{FeedId, Offer, SigEvent};
+use super::signalling::{FatalKind, FeedId, Offer, SigEvent};
 use super::transport::{
     connect_webrtc, MediaTransport, TransportConfig, TransportError, TransportEvent,
 };
@@ -42,6 +60,33 @@ pub const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Added to the client's request timeout when waiting for a polite leave to finish.
 const LEAVE_MARGIN: Duration = Duration::from_secs(2);
 
+/// How the platform rejoins after losing the meeting, and when a silent publisher counts
+/// as gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejoinPolicy {
+    /// First wait before rejoining (default 1 s); doubles per failed attempt.
+    pub initial_backoff: Duration,
+    /// Longest wait between attempts (default 15 s).
+    pub max_backoff: Duration,
+    /// Give up when still out of the meeting this long after losing it (default 2 min).
+    /// Zero disables rejoining.
+    pub window: Duration,
+    /// A publisher that sent audio and then none for this long, without leaving, is
+    /// reported gone (default 60 s).
+    pub publisher_timeout: Duration,
+}
+
+impl Default for RejoinPolicy {
+    fn default() -> Self {
+        RejoinPolicy {
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(15),
+            window: Duration::from_secs(120),
+            publisher_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
 /// A Janus VideoRoom meeting, joined as a listener that never publishes.
 pub struct JanusPlatform {
     url: JanusUrl,
@@ -49,6 +94,7 @@ pub struct JanusPlatform {
     opts: JanusOptions,
     transport: TransportConfig,
     jitter: JitterConfig,
+    rejoin: RejoinPolicy,
 }
 
 impl JanusPlatform {
@@ -63,19 +109,22 @@ impl JanusPlatform {
             opts: JanusOptions::default(),
             transport: TransportConfig::default(),
             jitter: JitterConfig::default(),
+            rejoin: RejoinPolicy::default(),
         })
     }
 
-    /// Replaces the signalling, media and jitter settings (defaults otherwise).
+    /// Replaces the signalling, media, jitter and rejoin settings (defaults otherwise).
     pub fn with_options(
         mut self,
         opts: JanusOptions,
         transport: TransportConfig,
         jitter: JitterConfig,
+        rejoin: RejoinPolicy,
     ) -> JanusPlatform {
         self.opts = opts;
         self.transport = transport;
         self.jitter = jitter;
+        self.rejoin = rejoin;
         self
     }
 }
@@ -86,8 +135,25 @@ enum Exit {
     Leave,
     /// The room ended the meeting for us.
     Ended(EndReason),
-    /// Something failed; the reason names no person, URL or PIN.
-    Failed(String),
+    /// Something failed; the reason names no person, URL or PIN. `retryable` when a
+    /// fresh session may get back in (connection or session lost, media failed).
+    Failed { reason: String, retryable: bool },
+}
+
+impl Exit {
+    fn fatal(reason: impl Into<String>) -> Exit {
+        Exit::Failed {
+            reason: reason.into(),
+            retryable: false,
+        }
+    }
+
+    fn lost(reason: impl Into<String>) -> Exit {
+        Exit::Failed {
+            reason: reason.into(),
+            retryable: true,
+        }
+    }
 }
 
 /// The routing state of one run.
@@ -103,6 +169,19 @@ struct Router {
     buffers: BTreeMap<String, JitterBuffer>,
     /// Publishers announced to the core and not yet gone.
     present: BTreeSet<FeedId>,
+    /// Display names of publishers seen (to re-announce a timed-out one that returns).
+    names: BTreeMap<FeedId, Pii<String>>,
+    /// Publishers announced by the current session (for reconciliation after a rejoin).
+    session_seen: BTreeSet<FeedId>,
+    /// Announcements held until the first `Joined` so the core hears `Admitted` first.
+    pending_roster: Vec<FeedId>,
+    /// Last audio arrival per present publisher that has sent any.
+    last_audio: BTreeMap<FeedId, Instant>,
+    /// Publishers reported gone for silence while still subscribed.
+    timed_out: BTreeSet<FeedId>,
+    publisher_timeout: Duration,
+    /// Set while out of the meeting after being admitted: when it was lost.
+    interrupted: Option<Instant>,
     /// For the "first audio" measurement.
     started: Instant,
     first_audio: bool,
@@ -121,8 +200,128 @@ impl Router {
         }
     }
 
+    fn new(
+        events: mpsc::Sender<PlatformEvent>,
+        leave: CancellationToken,
+        jitter: JitterConfig,
+        publisher_timeout: Duration,
+        started: Instant,
+    ) -> Router {
+        Router {
+            events,
+            leave,
+            jitter,
+            meeting_start: None,
+            mids: BTreeMap::new(),
+            buffers: BTreeMap::new(),
+            present: BTreeSet::new(),
+            names: BTreeMap::new(),
+            session_seen: BTreeSet::new(),
+            pending_roster: Vec::new(),
+            last_audio: BTreeMap::new(),
+            timed_out: BTreeSet::new(),
+            publisher_timeout,
+            interrupted: None,
+            started,
+            first_audio: false,
+        }
+    }
+
     fn participant(feed: &FeedId) -> ParticipantId {
         ParticipantId(feed.to_string())
+    }
+
+    /// Meeting-clock ms now (0 before admission).
+    fn meeting_ms(&self, now: Instant) -> u64 {
+        self.meeting_start
+            .map(|s| now.saturating_duration_since(s).as_millis() as u64)
+            .unwrap_or(0)
+    }
+
+    /// Announces `feed` as present (if it is not already).
+    async fn announce(&mut self, feed: FeedId) -> Result<(), Stop> {
+        if self.present.insert(feed.clone()) {
+            debug!(feed = %feed, "Publisher joined.");
+            let name = self
+                .names
+                .get(&feed)
+                .cloned()
+                .unwrap_or_else(|| Pii::new(String::new()));
+            self.send(PlatformEvent::ParticipantJoined {
+                id: Self::participant(&feed),
+                name,
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Reports `feed` gone (if it was present).
+    async fn depart(&mut self, feed: &FeedId) -> Result<(), Stop> {
+        self.last_audio.remove(feed);
+        if self.present.remove(feed) {
+            debug!(feed = %feed, "Publisher left.");
+            self.send(PlatformEvent::ParticipantLeft {
+                id: Self::participant(feed),
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// The session was lost after admission: flush what the buffers hold, forget the
+    /// subscription (the next session renegotiates), tell the core.
+    async fn interrupt(&mut self, now: Instant, reason: &str) -> Result<(), Stop> {
+        if self.interrupted.is_some() {
+            return Ok(());
+        }
+        self.drain_all().await?;
+        self.mids.clear();
+        self.interrupted = Some(now);
+        // Silence while out of the meeting is not the publishers' doing.
+        self.last_audio.clear();
+        warn!(reason = %reason, "Lost the Janus meeting; rejoining.");
+        self.send(PlatformEvent::Interrupted {
+            at_ms: self.meeting_ms(now),
+            reason: reason.to_owned(),
+        })
+        .await
+    }
+
+    /// A new session begins: nothing of the old subscription carries over.
+    fn new_session(&mut self) {
+        self.session_seen.clear();
+        self.mids.clear();
+        self.buffers.clear();
+    }
+
+    /// Publishers that went quiet for too long, as of `now`, are reported gone.
+    async fn expire_silent(&mut self, now: Instant) -> Result<(), Stop> {
+        let expired: Vec<FeedId> = self
+            .last_audio
+            .iter()
+            .filter(|(_, t)| now.saturating_duration_since(**t) >= self.publisher_timeout)
+            .map(|(f, _)| f.clone())
+            .collect();
+        for feed in expired {
+            info!(
+                feed = %feed,
+                after_s = self.publisher_timeout.as_secs(),
+                "Publisher sent no audio and did not leave; treating it as gone."
+            );
+            self.timed_out.insert(feed.clone());
+            let mids: Vec<String> = self
+                .mids
+                .iter()
+                .filter(|(_, f)| **f == feed)
+                .map(|(m, _)| m.clone())
+                .collect();
+            for mid in mids {
+                self.drain_mid(&mid, &feed).await?;
+            }
+            self.depart(&feed).await?;
+        }
+        Ok(())
     }
 
     /// Forwards jitter-buffer output for `feed` (gaps are implied by sequence numbers).
@@ -183,9 +382,15 @@ impl Router {
         Ok(())
     }
 
-    /// The earliest jitter-buffer deadline.
+    /// The earliest jitter-buffer or publisher-timeout deadline.
     fn next_deadline(&self) -> Option<Instant> {
-        self.buffers.values().filter_map(|b| b.poll_timeout()).min()
+        let jitter = self.buffers.values().filter_map(|b| b.poll_timeout()).min();
+        let silent = self
+            .last_audio
+            .values()
+            .min()
+            .map(|t| *t + self.publisher_timeout);
+        jitter.into_iter().chain(silent).min()
     }
 
     /// The offer's streams become the mid → feed map; buffers of mids that now mean
@@ -218,10 +423,15 @@ impl Router {
         let Some(feed) = self.mids.get(&rtp.mid).cloned() else {
             return Ok(()); // not (or no longer) part of the subscription
         };
+        if self.timed_out.remove(&feed) {
+            info!(feed = %feed, "A publisher timed out for silence is sending again.");
+            self.announce(feed.clone()).await?;
+        }
         if !self.present.contains(&feed) {
             return Ok(());
         }
         let now = rtp.arrival;
+        self.last_audio.insert(feed.clone(), now);
         let jitter = self.jitter.clone();
         let buf = self
             .buffers
@@ -258,48 +468,110 @@ impl MeetingPlatform for JanusPlatform {
         leave: CancellationToken,
     ) -> Result<(), PlatformError> {
         let this = *self;
+        let mut r = Router::new(
+            events,
+            leave.clone(),
+            this.jitter.clone(),
+            this.rejoin.publisher_timeout,
+            Instant::now(),
+        );
+        let mut backoff = this.rejoin.initial_backoff;
+        loop {
+            let exit = this.session(&mut r, &leave).await;
+            let (reason, retryable) = match exit {
+                Exit::Leave => {
+                    debug!("Asked to leave the Janus room.");
+                    return Ok(());
+                }
+                Exit::Ended(reason) => {
+                    info!(reason = reason.as_str(), "The Janus meeting ended.");
+                    if r.drain_all().await.is_ok() {
+                        let _ = r.send(PlatformEvent::Ended { reason }).await;
+                    }
+                    return Ok(());
+                }
+                Exit::Failed { reason, retryable } => (reason, retryable),
+            };
+            if !retryable || r.meeting_start.is_none() || this.rejoin.window.is_zero() {
+                warn!(reason = %reason, "Janus platform failed.");
+                return Err(PlatformError::Other(reason));
+            }
+            let now = Instant::now();
+            if r.interrupted.is_none() {
+                backoff = this.rejoin.initial_backoff;
+                if r.interrupt(now, &reason).await.is_err() {
+                    return Ok(()); // the core stopped listening: nothing left to do
+                }
+            }
+            let lost_for = r
+                .interrupted
+                .map(|t| now.saturating_duration_since(t))
+                .unwrap_or_default();
+            if lost_for + backoff > this.rejoin.window {
+                let reason = format!(
+                    "lost the Janus meeting and could not rejoin within {}s: {reason}",
+                    this.rejoin.window.as_secs()
+                );
+                warn!(reason = %reason, "Janus platform failed.");
+                return Err(PlatformError::Other(reason));
+            }
+            info!(
+                backoff_ms = backoff.as_millis() as u64,
+                reason = %reason,
+                "Rejoining the Janus room."
+            );
+            tokio::select! {
+                _ = leave.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(this.rejoin.max_backoff);
+        }
+    }
+}
+
+impl JanusPlatform {
+    /// One session: connect, join, route until it ends; then leave politely (bounded)
+    /// and close the media side.
+    async fn session(&self, r: &mut Router, leave: &CancellationToken) -> Exit {
         let started = Instant::now();
-        let (mut transport, mut media_rx) = connect_webrtc(&this.transport)
-            .await
-            .map_err(|e| PlatformError::Other(format!("media transport: {e}")))?;
+        r.new_session();
+        let (mut transport, mut media_rx) = match connect_webrtc(&self.transport).await {
+            Ok(t) => t,
+            // Local set-up (sockets): retrying will not help.
+            Err(e) => return Exit::fatal(format!("media transport: {e}")),
+        };
         let connected = tokio::select! {
-            r = JanusClient::connect(&this.url, &this.bot_name, &this.opts) => r,
+            r = JanusClient::connect(&self.url, &self.bot_name, &self.opts) => r,
             _ = leave.cancelled() => {
                 transport.close().await;
-                return Ok(());
+                return Exit::Leave;
             }
         };
         let (client, mut sig_rx) = match connected {
             Ok(c) => c,
             Err(e) => {
                 transport.close().await;
-                return Err(PlatformError::Other(e.to_string()));
+                return Exit::lost(e.to_string());
             }
         };
         info!(
-            tls = this.url.is_tls(),
+            tls = self.url.is_tls(),
             "Connected to Janus; joining the room."
         );
-        let mut r = Router {
-            events,
-            leave: leave.clone(),
-            jitter: this.jitter.clone(),
-            meeting_start: None,
-            mids: BTreeMap::new(),
-            buffers: BTreeMap::new(),
-            present: BTreeSet::new(),
-            started,
-            first_audio: false,
-        };
         let join_deadline = TokioInstant::from_std(started) + JOIN_TIMEOUT;
+        let mut joined = false;
         let mut media_open = true;
         let exit = loop {
             let wake = r.next_deadline().map(TokioInstant::from_std);
             let step: Result<Option<Exit>, Stop> = tokio::select! {
                 _ = leave.cancelled() => Err(Stop),
                 ev = sig_rx.recv() => match ev {
-                    Some(ev) => on_client_event(&mut r, &client, transport.as_mut(), ev).await,
-                    None => Ok(Some(Exit::Failed("the Janus session ended unexpectedly".into()))),
+                    Some(ClientEvent::Event(SigEvent::Joined)) => {
+                        joined = true;
+                        on_sig_event(r, SigEvent::Joined).await
+                    }
+                    Some(ev) => on_client_event(r, &client, transport.as_mut(), ev).await,
+                    None => Ok(Some(Exit::lost("the Janus session ended unexpectedly"))),
                 },
                 ev = media_rx.recv(), if media_open => match ev {
                     Some(TransportEvent::Rtp(rtp)) => r.on_rtp(rtp).await.map(|()| None),
@@ -308,19 +580,24 @@ impl MeetingPlatform for JanusPlatform {
                         Ok(None)
                     }
                     Some(TransportEvent::Failed(reason)) => {
-                        Ok(Some(Exit::Failed(format!("media connection failed: {reason}"))))
+                        Ok(Some(Exit::lost(format!("media connection failed: {reason}"))))
                     }
                     Some(TransportEvent::Closed) | None => {
                         media_open = false;
-                        Ok(Some(Exit::Failed("media connection closed".into())))
+                        Ok(Some(Exit::lost("media connection closed")))
                     }
                 },
                 _ = sleep_until(wake.unwrap_or_else(TokioInstant::now)), if wake.is_some() => {
-                    r.pop_ready(Instant::now()).await.map(|()| None)
+                    let now = Instant::now();
+                    match r.pop_ready(now).await {
+                        Ok(()) => r.expire_silent(now).await.map(|()| None),
+                        Err(stop) => Err(stop),
+                    }
                 }
-                _ = sleep_until(join_deadline), if r.meeting_start.is_none() => {
-                    Ok(Some(Exit::Failed(format!(
-                        "joining the Janus room timed out after {JOIN_TIMEOUT:?}"
+                _ = sleep_until(join_deadline), if !joined => {
+                    Ok(Some(Exit::lost(format!(
+                        "joining the Janus room timed out after {}s",
+                        JOIN_TIMEOUT.as_secs()
                     ))))
                 }
             };
@@ -330,29 +607,9 @@ impl MeetingPlatform for JanusPlatform {
                 Err(Stop) => break Exit::Leave,
             }
         };
-        let leave_bound = this.opts.request_timeout + LEAVE_MARGIN;
-        let result = match exit {
-            Exit::Leave => {
-                debug!("Asked to leave the Janus room.");
-                Ok(())
-            }
-            Exit::Ended(reason) => {
-                info!(reason = reason.as_str(), "The Janus meeting ended.");
-                if r.drain_all().await.is_ok() {
-                    let _ = r.send(PlatformEvent::Ended { reason }).await;
-                }
-                Ok(())
-            }
-            Exit::Failed(reason) => {
-                // TODO(issue 3, resilience): a retryable failure (socket lost, session
-                // timed out, media failed) should rejoin the same room with backoff and
-                // record the gap in the transcript metadata instead of ending here.
-                warn!(reason = %reason, "Janus platform failed.");
-                Err(PlatformError::Other(reason))
-            }
-        };
         // Leave politely (a no-op once the session is terminal) and wait, bounded, for the
         // client to finish; then close the media side.
+        let leave_bound = self.opts.request_timeout + LEAVE_MARGIN;
         let _ = timeout(leave_bound, async {
             client.leave().await;
             while sig_rx.recv().await.is_some() {}
@@ -360,8 +617,8 @@ impl MeetingPlatform for JanusPlatform {
         })
         .await;
         transport.close().await;
-        debug!("Janus platform stopped.");
-        result
+        debug!("Janus session closed.");
+        exit
     }
 }
 
@@ -382,12 +639,10 @@ async fn on_client_event(
             r.replace_streams(&offer).await?;
             let answer = match transport.answer(&offer.offer_sdp).await {
                 Ok(sdp) => sdp,
-                Err(e) => return Ok(Some(Exit::Failed(answer_failure(&e)))),
+                Err(e) => return Ok(Some(Exit::lost(answer_failure(&e)))),
             };
             if client.answer(offer.offer_id, answer).await.is_err() {
-                return Ok(Some(Exit::Failed(
-                    "the Janus session ended while answering".into(),
-                )));
+                return Ok(Some(Exit::lost("the Janus session ended while answering")));
             }
             Ok(None)
         }
@@ -402,28 +657,49 @@ fn answer_failure(e: &TransportError) -> String {
 async fn on_sig_event(r: &mut Router, ev: SigEvent) -> Result<Option<Exit>, Stop> {
     match ev {
         SigEvent::Joined => {
+            let now = Instant::now();
             if r.meeting_start.is_none() {
-                r.meeting_start = Some(Instant::now());
+                r.meeting_start = Some(now);
                 info!(
                     after_ms = r.started.elapsed().as_millis() as u64,
                     "Meeting clock started."
                 );
                 r.send(PlatformEvent::Admitted).await?;
-            }
-            Ok(None)
-        }
-        SigEvent::PublisherJoined { feed_id, display } => {
-            if r.present.insert(feed_id.clone()) {
-                debug!(feed = %feed_id, "Publisher joined.");
-                r.send(PlatformEvent::ParticipantJoined {
-                    id: Router::participant(&feed_id),
-                    name: display,
+                for feed in std::mem::take(&mut r.pending_roster) {
+                    r.announce(feed).await?;
+                }
+            } else if let Some(lost_at) = r.interrupted.take() {
+                // Back in. The roster came before `Joined`: whoever it did not name is gone.
+                let gone: Vec<FeedId> = r.present.difference(&r.session_seen).cloned().collect();
+                for feed in gone {
+                    r.depart(&feed).await?;
+                }
+                info!(
+                    after_ms = now.saturating_duration_since(lost_at).as_millis() as u64,
+                    "Rejoined the Janus room."
+                );
+                r.send(PlatformEvent::Resumed {
+                    at_ms: r.meeting_ms(now),
                 })
                 .await?;
             }
             Ok(None)
         }
+        SigEvent::PublisherJoined { feed_id, display } => {
+            r.session_seen.insert(feed_id.clone());
+            r.timed_out.remove(&feed_id);
+            r.names.insert(feed_id.clone(), display);
+            if r.meeting_start.is_none() {
+                r.pending_roster.push(feed_id);
+            } else {
+                r.announce(feed_id).await?;
+            }
+            Ok(None)
+        }
         SigEvent::PublisherLeft { feed_id } => {
+            r.session_seen.remove(&feed_id);
+            r.timed_out.remove(&feed_id);
+            r.pending_roster.retain(|f| *f != feed_id);
             let mids: Vec<String> = r
                 .mids
                 .iter()
@@ -433,13 +709,7 @@ async fn on_sig_event(r: &mut Router, ev: SigEvent) -> Result<Option<Exit>, Stop
             for mid in mids {
                 r.drain_mid(&mid, &feed_id).await?;
             }
-            if r.present.remove(&feed_id) {
-                debug!(feed = %feed_id, "Publisher left.");
-                r.send(PlatformEvent::ParticipantLeft {
-                    id: Router::participant(&feed_id),
-                })
-                .await?;
-            }
+            r.depart(&feed_id).await?;
             Ok(None)
         }
         SigEvent::WebrtcUp => {
@@ -456,13 +726,20 @@ async fn on_sig_event(r: &mut Router, ev: SigEvent) -> Result<Option<Exit>, Stop
         }
         SigEvent::RoomDestroyed => Ok(Some(Exit::Ended(EndReason::EndedByHost))),
         SigEvent::Kicked => Ok(Some(Exit::Ended(EndReason::Kicked))),
-        SigEvent::Left => Ok(Some(Exit::Failed(
-            "the Janus session left unexpectedly".into(),
-        ))),
-        SigEvent::Fatal { kind, reason } => Ok(Some(Exit::Failed(format!(
-            "janus {}: {reason}",
-            kind.as_str()
-        )))),
+        SigEvent::Left => Ok(Some(Exit::lost("the Janus session left unexpectedly"))),
+        SigEvent::Fatal { kind, reason } => {
+            let reason = format!("janus {}: {reason}", kind.as_str());
+            Ok(Some(match kind {
+                FatalKind::ConnectionLost | FatalKind::SessionLost | FatalKind::RequestTimeout => {
+                    Exit::lost(reason)
+                }
+                // The room we were in is gone: the meeting is over.
+                FatalKind::NoSuchRoom if r.interrupted.is_some() => {
+                    Exit::Ended(EndReason::EndedByHost)
+                }
+                _ => Exit::fatal(reason),
+            }))
+        }
     }
 }
 
@@ -507,17 +784,13 @@ mod tests {
 
     fn router() -> (Router, mpsc::Receiver<PlatformEvent>) {
         let (tx, rx) = mpsc::channel(64);
-        let r = Router {
-            events: tx,
-            leave: CancellationToken::new(),
-            jitter: JitterConfig::default(),
-            meeting_start: None,
-            mids: BTreeMap::new(),
-            buffers: BTreeMap::new(),
-            present: BTreeSet::new(),
-            started: Instant::now(),
-            first_audio: false,
-        };
+        let r = Router::new(
+            tx,
+            CancellationToken::new(),
+            JitterConfig::default(),
+            Duration::from_secs(60),
+            Instant::now(),
+        );
         (r, rx)
     }
 
@@ -558,6 +831,8 @@ mod tests {
                 PlatformEvent::Audio { id, packet } => format!("audio {id} {}", packet.seq),
                 PlatformEvent::Ended { reason } => format!("ended {}", reason.as_str()),
                 PlatformEvent::Waiting => "waiting".to_owned(),
+                PlatformEvent::Interrupted { .. } => "interrupted".to_owned(),
+                PlatformEvent::Resumed { .. } => "resumed".to_owned(),
             });
         }
         out
@@ -652,7 +927,10 @@ mod tests {
             sig(&mut r, SigEvent::Kicked).await,
             Some(Exit::Ended(EndReason::Kicked))
         ));
-        let Some(Exit::Failed(reason)) = sig(
+        let Some(Exit::Failed {
+            reason,
+            retryable: false,
+        }) = sig(
             &mut r,
             SigEvent::Fatal {
                 kind: super::super::signalling::FatalKind::NoSuchRoom,
@@ -664,6 +942,135 @@ mod tests {
             panic!("Fatal must fail the run");
         };
         assert!(reason.contains("no such room"), "{reason}");
+    }
+
+    fn pub_joined(n: u64) -> SigEvent {
+        SigEvent::PublisherJoined {
+            feed_id: FeedId::Num(n),
+            display: Pii::new(format!("P{n}")),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_roster_is_announced_after_admission() {
+        let (mut r, mut rx) = router();
+        // Signalling reports the room's publishers first, then Joined.
+        sig(&mut r, pub_joined(7)).await;
+        sig(&mut r, pub_joined(8)).await;
+        sig(
+            &mut r,
+            SigEvent::PublisherLeft {
+                feed_id: FeedId::Num(8),
+            },
+        )
+        .await;
+        assert!(drain(&mut rx).is_empty(), "nothing before admission");
+        sig(&mut r, SigEvent::Joined).await;
+        assert_eq!(drain(&mut rx), ["admitted", "joined 7 P7"]);
+    }
+
+    #[tokio::test]
+    async fn a_rejoin_keeps_who_stayed_adds_newcomers_and_drops_leavers() {
+        let (mut r, mut rx) = router();
+        for n in [7, 8] {
+            sig(&mut r, pub_joined(n)).await;
+        }
+        sig(&mut r, SigEvent::Joined).await;
+        r.replace_streams(&offer(&[("0", 7), ("1", 8)])).await.ok();
+        let now = Instant::now();
+        r.on_rtp(rtp("0", 10, now)).await.ok(); // held by the jitter buffer
+        drain(&mut rx);
+
+        // Lost: the held packet is flushed first, then Interrupted (once).
+        let lost = Instant::now();
+        r.interrupt(lost, "janus connection_lost").await.ok();
+        r.interrupt(lost, "again").await.ok();
+        assert_eq!(drain(&mut rx), ["audio 7 10", "interrupted"]);
+        assert!(r.mids.is_empty() && r.buffers.is_empty());
+
+        // The new session: 7 is still there, 8 left meanwhile, 9 arrived.
+        r.new_session();
+        sig(&mut r, pub_joined(7)).await;
+        sig(&mut r, pub_joined(9)).await;
+        sig(&mut r, SigEvent::Joined).await;
+        assert_eq!(drain(&mut rx), ["joined 9 P9", "left 8", "resumed"]);
+        assert!(r.interrupted.is_none());
+        assert_eq!(
+            r.present.iter().cloned().collect::<Vec<_>>(),
+            [FeedId::Num(7), FeedId::Num(9)]
+        );
+        // Audio flows again on the new subscription, same meeting clock.
+        r.replace_streams(&offer(&[("0", 9), ("1", 7)])).await.ok();
+        let later = Instant::now();
+        r.on_rtp(rtp("1", 4000, later)).await.ok();
+        r.pop_ready(later + Duration::from_millis(100)).await.ok();
+        assert_eq!(drain(&mut rx), ["audio 7 4000"]);
+    }
+
+    #[tokio::test]
+    async fn a_publisher_silent_too_long_is_timed_out_and_returns_with_its_audio() {
+        let (tx, mut rx) = mpsc::channel(64);
+        let mut r = Router::new(
+            tx,
+            CancellationToken::new(),
+            JitterConfig::default(),
+            Duration::from_secs(10),
+            Instant::now(),
+        );
+        sig(&mut r, pub_joined(7)).await;
+        sig(&mut r, pub_joined(8)).await; // video only: never sends audio
+        sig(&mut r, SigEvent::Joined).await;
+        r.replace_streams(&offer(&[("0", 7)])).await.ok();
+        let t0 = Instant::now();
+        r.on_rtp(rtp("0", 1, t0)).await.ok();
+        r.pop_ready(t0 + Duration::from_millis(100)).await.ok();
+        drain(&mut rx);
+        // The deadline is the silence timeout after the last packet.
+        assert_eq!(r.next_deadline(), Some(t0 + Duration::from_secs(10)));
+        r.expire_silent(t0 + Duration::from_secs(9)).await.ok();
+        assert!(drain(&mut rx).is_empty());
+        r.expire_silent(t0 + Duration::from_secs(10)).await.ok();
+        // Only the publisher that had sent audio times out.
+        assert_eq!(drain(&mut rx), ["left 7"]);
+        assert_eq!(r.next_deadline(), None);
+        // Its audio comes back: it joins again, under its name, and is heard.
+        let t1 = t0 + Duration::from_secs(30);
+        r.on_rtp(rtp("0", 2, t1)).await.ok();
+        r.pop_ready(t1 + Duration::from_millis(100)).await.ok();
+        assert_eq!(drain(&mut rx), ["joined 7 P7", "audio 7 2"]);
+    }
+
+    #[tokio::test]
+    async fn only_connection_failures_are_retryable() {
+        use super::super::signalling::FatalKind as K;
+        let (mut r, _rx) = router();
+        for (kind, retryable) in [
+            (K::ConnectionLost, true),
+            (K::SessionLost, true),
+            (K::RequestTimeout, true),
+            (K::Unauthorized, false),
+            (K::RoomFull, false),
+            (K::Protocol, false),
+        ] {
+            let ev = SigEvent::Fatal {
+                kind,
+                reason: "x".into(),
+            };
+            match sig(&mut r, ev).await {
+                Some(Exit::Failed { retryable: got, .. }) => assert_eq!(got, retryable, "{kind:?}"),
+                _ => panic!("{kind:?} must fail the session"),
+            }
+        }
+        // The room vanished while we were rejoining: the meeting is over.
+        r.interrupted = Some(Instant::now());
+        let ev = SigEvent::Fatal {
+            kind: K::NoSuchRoom,
+            reason: "x".into(),
+        };
+        assert!(matches!(
+            sig(&mut r, ev).await,
+            Some(Exit::Ended(EndReason::EndedByHost))
+        ));
     }
 
     #[tokio::test]
