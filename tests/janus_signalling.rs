@@ -980,7 +980,13 @@ mod real_janus {
     use std::path::Path;
     use std::process::{Child, Command, Stdio};
 
+    use meetbot::platform::janus::jitter::JitterConfig;
+    use meetbot::platform::janus::platform::{JanusPlatform, RejoinPolicy};
+    use meetbot::platform::janus::transport::TransportConfig;
     use meetbot::platform::janus::ws::{ClientEvent, JanusClient, JanusOptions};
+    use meetbot::platform::{MeetingPlatform, PlatformEvent};
+    use tokio::sync::mpsc;
+    use tokio_util::sync::CancellationToken;
 
     const JANUS: &str = "/usr/bin/janus";
 
@@ -1035,6 +1041,11 @@ mod real_janus {
     }
 
     fn start_janus() -> JanusProcess {
+        start_janus_on(free_port())
+    }
+
+    /// Starts Janus with its WebSocket on `port` (to restart one on the same address).
+    fn start_janus_on(port: u16) -> JanusProcess {
         assert!(
             Path::new(JANUS).exists(),
             "{JANUS} is missing: the Janus integration test needs the Debian package janus \
@@ -1060,7 +1071,6 @@ mod real_janus {
             transports.join("libjanus_websockets.so"),
         )
         .expect("symlink transport");
-        let port = free_port();
         write(
             &conf.join("janus.jcfg"),
             &format!(
@@ -1139,6 +1149,128 @@ mod real_janus {
             .await
             .expect("an event within 10 s")
             .expect("the event stream is open")
+    }
+
+    fn platform_event_name(ev: &PlatformEvent) -> &'static str {
+        match ev {
+            PlatformEvent::Waiting => "waiting",
+            PlatformEvent::Admitted => "admitted",
+            PlatformEvent::ParticipantJoined { .. } => "joined",
+            PlatformEvent::ParticipantLeft { .. } => "left",
+            PlatformEvent::Audio { .. } => "audio",
+            PlatformEvent::Interrupted { .. } => "interrupted",
+            PlatformEvent::Resumed { .. } => "resumed",
+            PlatformEvent::Ended { .. } => "ended",
+        }
+    }
+
+    async fn next_platform_event(rx: &mut mpsc::Receiver<PlatformEvent>) -> PlatformEvent {
+        tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .expect("an event within 20 s")
+            .expect("the event stream is open")
+    }
+
+    fn quick_rejoin(window: Duration) -> RejoinPolicy {
+        RejoinPolicy {
+            initial_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_millis(800),
+            window,
+            ..RejoinPolicy::default()
+        }
+    }
+
+    /// Janus dies mid-meeting and comes back on the same address: the platform reports
+    /// the interruption, rejoins the same room by itself, and reports when it is back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_platform_rejoins_after_janus_restarts() {
+        let janus = start_janus();
+        let port = janus.port;
+        let url = Pii::new(format!("janus+ws://127.0.0.1:{port}/1234"));
+        let loopback = TransportConfig {
+            udp_bind: vec!["127.0.0.1:0".into()],
+            ..TransportConfig::default()
+        };
+        let p = JanusPlatform::open(&url, "meetbot-test")
+            .expect("valid URL")
+            .with_options(
+                JanusOptions::default(),
+                loopback,
+                JitterConfig::default(),
+                quick_rejoin(Duration::from_secs(30)),
+            );
+        let (tx, mut rx) = mpsc::channel(64);
+        let leave = CancellationToken::new();
+        let task = tokio::spawn(Box::new(p).run(tx, leave.clone()));
+        assert_eq!(
+            platform_event_name(&next_platform_event(&mut rx).await),
+            "admitted"
+        );
+        drop(janus);
+        let PlatformEvent::Interrupted { at_ms, reason } = next_platform_event(&mut rx).await
+        else {
+            panic!("expected Interrupted");
+        };
+        assert!(reason.contains("connection_lost"), "{reason}");
+        // Down for a while: the first attempts fail and back off.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let _janus = start_janus_on(port);
+        let PlatformEvent::Resumed { at_ms: back_ms } = next_platform_event(&mut rx).await else {
+            panic!("expected Resumed");
+        };
+        assert!(
+            back_ms >= at_ms + 1400,
+            "the gap spans the outage: {at_ms}..{back_ms}"
+        );
+        leave.cancel();
+        let res = tokio::time::timeout(Duration::from_secs(20), task)
+            .await
+            .expect("leaving is bounded")
+            .expect("no panic");
+        assert!(res.is_ok(), "{res:?}");
+    }
+
+    /// Janus dies for good: the platform gives up once the rejoin window has passed, with
+    /// a reason, and never hangs.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_platform_gives_up_when_janus_stays_down() {
+        let janus = start_janus();
+        let url = Pii::new(format!("janus+ws://127.0.0.1:{}/1234", janus.port));
+        let p = JanusPlatform::open(&url, "meetbot-test")
+            .expect("valid URL")
+            .with_options(
+                JanusOptions::default(),
+                TransportConfig {
+                    udp_bind: vec!["127.0.0.1:0".into()],
+                    ..TransportConfig::default()
+                },
+                JitterConfig::default(),
+                quick_rejoin(Duration::from_secs(3)),
+            );
+        let (tx, mut rx) = mpsc::channel(64);
+        let task = tokio::spawn(Box::new(p).run(tx, CancellationToken::new()));
+        assert_eq!(
+            platform_event_name(&next_platform_event(&mut rx).await),
+            "admitted"
+        );
+        drop(janus);
+        let t0 = Instant::now();
+        assert_eq!(
+            platform_event_name(&next_platform_event(&mut rx).await),
+            "interrupted"
+        );
+        let res = tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .expect("giving up is bounded")
+            .expect("no panic");
+        let err = res.expect_err("Janus never came back").to_string();
+        assert!(err.contains("could not rejoin within 3s"), "{err}");
+        // The window counts from the loss, a moment before `t0`.
+        assert!(
+            t0.elapsed() >= Duration::from_millis(2800),
+            "{:?}",
+            t0.elapsed()
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

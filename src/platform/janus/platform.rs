@@ -507,7 +507,7 @@ impl MeetingPlatform for JanusPlatform {
                 .interrupted
                 .map(|t| now.saturating_duration_since(t))
                 .unwrap_or_default();
-            if lost_for + backoff > this.rejoin.window {
+            if lost_for >= this.rejoin.window {
                 let reason = format!(
                     "lost the Janus meeting and could not rejoin within {}s: {reason}",
                     this.rejoin.window.as_secs()
@@ -515,14 +515,16 @@ impl MeetingPlatform for JanusPlatform {
                 warn!(reason = %reason, "Janus platform failed.");
                 return Err(PlatformError::Other(reason));
             }
+            // The last attempt starts when the window closes.
+            let wait = backoff.min(this.rejoin.window - lost_for);
             info!(
-                backoff_ms = backoff.as_millis() as u64,
+                backoff_ms = wait.as_millis() as u64,
                 reason = %reason,
                 "Rejoining the Janus room."
             );
             tokio::select! {
                 _ = leave.cancelled() => return Ok(()),
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep(wait) => {}
             }
             backoff = (backoff * 2).min(this.rejoin.max_backoff);
         }
