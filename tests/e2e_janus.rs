@@ -1,5 +1,5 @@
-//! A real Janus VideoRoom meeting: `scripts/local-meeting` starts Janus and two headless
-//! Chromium publishers (espeak-ng voices, staggered) in a private network namespace, and
+//! Real Janus VideoRoom meetings: `scripts/local-meeting` starts Janus and headless Chromium
+//! publishers (espeak-ng voices, staggered) in a private network namespace, and
 //! `meetbot join "$MEETING_URL"` joins it natively with the embedded Whisper model.
 //!
 //! Needs root and the sandbox's packages (janus, chromium, sox, espeak-ng, iproute2:
@@ -18,6 +18,24 @@ const HOST_TEXT: &str =
     "The quarterly budget review starts on Monday morning. Please bring the updated sales figures.";
 const GUEST_TEXT: &str =
     "I will send the marketing report before lunch. The new office opens in April.";
+
+// The second meeting: Anna talks throughout (two sentences, 4 s of silence between), Ben speaks
+// early and leaves while she is silent, Cleo joins late.
+const ANNA_TEXT_1: &str = "The quarterly budget review starts on Monday morning, and every team \
+                           lead should bring the updated sales figures for their region.";
+const ANNA_TEXT_2: &str = "After the review we will decide which projects get more engineers and \
+                           which ones wait until the summer.";
+const BEN_TEXT: &str = "I will send the marketing report before lunch, and then I have to leave.";
+const CLEO_TEXT: &str =
+    "Sorry I am late. The new office opens in April, and the movers arrive next Tuesday.";
+/// Cleo starts this long after the bot is in the room, and not before Ben (about 5.5 s of audio)
+/// has left: how long Chromium takes to start varies too much on a busy machine to order them by
+/// offsets alone.
+const CLEO_OFFSET_S: u64 = 10;
+/// A segment may start a little before its speaker's offset on the meeting clock: the clock
+/// starts at the bot's admission, the speakers' offsets count from when the sandbox saw the bot
+/// in the room (later), and the VAD keeps some audio before the speech onset.
+const CLOCK_TOLERANCE_MS: u64 = 1500;
 
 fn require_prerequisites() {
     let uid = Command::new("id").arg("-u").output().expect("id(1) runs");
@@ -157,6 +175,22 @@ fn assert_no_plaintext_left(ws: &Workspace, speakers: &[Speaker]) {
     }
 }
 
+/// `(start_ms, end_ms)` of each of `speaker`'s segments, in meeting-clock order.
+fn spans(t: &serde_json::Value, speaker: &str) -> Vec<(u64, u64)> {
+    t["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["speaker"] == speaker)
+        .map(|s| {
+            (
+                s["start_ms"].as_u64().unwrap(),
+                s["end_ms"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
 #[test]
 fn two_speakers_in_a_real_janus_room_are_transcribed_and_attributed() {
     require_prerequisites();
@@ -185,5 +219,85 @@ fn two_speakers_in_a_real_janus_room_are_transcribed_and_attributed() {
     let run = run_meeting(&ws, &speakers);
     let t = assert_done_after_everyone_left(&run);
     assert_words_and_attribution(&t, &speakers);
+    assert_no_plaintext_left(&ws, &speakers);
+}
+
+#[test]
+fn a_late_joiner_and_an_early_leaver_are_transcribed_on_the_meeting_clock() {
+    require_prerequisites();
+    let ws = Workspace::new();
+    let dir = ws.path();
+    let speakers = [
+        Speaker {
+            name: "Anna",
+            wav: dir.join("anna.wav"),
+            text: format!("{ANNA_TEXT_1} {ANNA_TEXT_2}"),
+            word: "budget",
+            offset_s: 0,
+            after: None,
+        },
+        Speaker {
+            name: "Ben",
+            wav: dir.join("ben.wav"),
+            text: BEN_TEXT.into(),
+            word: "marketing",
+            offset_s: 0,
+            after: None,
+        },
+        Speaker {
+            name: "Cleo",
+            wav: dir.join("cleo.wav"),
+            text: CLEO_TEXT.into(),
+            word: "office",
+            offset_s: CLEO_OFFSET_S,
+            after: Some("Ben"),
+        },
+    ];
+    let (a1, a2, gap) = (dir.join("a1.wav"), dir.join("a2.wav"), dir.join("gap.wav"));
+    espeak("en-us", ANNA_TEXT_1, &a1);
+    espeak("en-us", ANNA_TEXT_2, &a2);
+    silence(4.0, &gap);
+    concat(&[a1, gap, a2], &speakers[0].wav);
+    espeak("en-gb", BEN_TEXT, &speakers[1].wav);
+    espeak("en-us+f3", CLEO_TEXT, &speakers[2].wav);
+
+    let run = run_meeting(&ws, &speakers);
+    let t = assert_done_after_everyone_left(&run);
+    let names: Vec<&str> = t["participants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    for s in &speakers {
+        assert!(
+            names.contains(&s.name),
+            "{} not in participants {names:?}",
+            s.name
+        );
+    }
+    let report = assert_words_and_attribution(&t, &speakers);
+
+    // On the meeting clock: Cleo after her offset, Ben done before Cleo starts, and Anna still
+    // talking after Ben left.
+    let (anna, ben, cleo) = (spans(&t, "Anna"), spans(&t, "Ben"), spans(&t, "Cleo"));
+    let segs = format!("Anna {anna:?}\nBen {ben:?}\nCleo {cleo:?}\n");
+    eprint!("segments (start_ms, end_ms) on the meeting clock:\n{segs}");
+    let segs = format!("{segs}{report}");
+    let cleo_start = cleo.iter().map(|s| s.0).min().expect("Cleo has segments");
+    let ben_end = ben.iter().map(|s| s.1).max().expect("Ben has segments");
+    assert!(
+        cleo_start + CLOCK_TOLERANCE_MS >= CLEO_OFFSET_S * 1000,
+        "Cleo's first segment starts at {cleo_start} ms, before her offset of {CLEO_OFFSET_S} s\n{segs}"
+    );
+    assert!(
+        ben_end < cleo_start,
+        "Ben's last segment ends at {ben_end} ms, after Cleo's first starts ({cleo_start} ms)\n{segs}"
+    );
+    assert!(
+        anna.iter().any(|s| s.0 > ben_end),
+        "no segment of Anna's starts after Ben's last one ended\n{segs}"
+    );
+
     assert_no_plaintext_left(&ws, &speakers);
 }
