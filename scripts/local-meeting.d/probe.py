@@ -16,9 +16,10 @@
         Exits 0 once N publishers (default 2) have published and all of them have left, 1 on
         timeout (default 300 s) or a Janus error.
 
-    probe.py [URL] --wait-participants N [--timeout S]
+    probe.py [URL] --wait-participants N [--publishing] [--timeout S]
         Polls `listparticipants` without joining; exits 0 as soon as the room has at least N
-        participants (publishing or not), 1 on timeout. Used by scripts/local-meeting.
+        participants (publishing or not; with --publishing, only those whose media is up),
+        1 on timeout. Used by scripts/local-meeting and scripts/bench-meeting.
 """
 import argparse
 import json
@@ -35,7 +36,7 @@ def out(**kv):
     print(json.dumps(kv), flush=True)
 
 
-def wait_participants(ws_url, room, n, timeout):
+def wait_participants(ws_url, room, n, timeout, publishing=False):
     deadline = time.monotonic() + timeout
     last_err = None
     while time.monotonic() < deadline:
@@ -45,7 +46,10 @@ def wait_participants(ws_url, room, n, timeout):
                 h = j.attach()
                 while time.monotonic() < deadline:
                     data, _ = j.message(h, {"request": "listparticipants", "room": room})
-                    if len(data.get("participants", [])) >= n:
+                    ps = data.get("participants", [])
+                    if publishing:
+                        ps = [p for p in ps if p.get("publisher")]
+                    if len(ps) >= n:
                         return 0
                     time.sleep(0.2)
             finally:
@@ -53,7 +57,8 @@ def wait_participants(ws_url, room, n, timeout):
         except (OSError, JanusError) as e:
             last_err = e
             time.sleep(0.2)
-    print(f"probe: room {room} did not reach {n} participant(s) within {timeout} s"
+    what = "publishing participant(s)" if publishing else "participant(s)"
+    print(f"probe: room {room} did not reach {n} {what} within {timeout} s"
           + (f" (last error: {last_err})" if last_err else ""), file=sys.stderr)
     return 1
 
@@ -146,6 +151,7 @@ def main():
     ap.add_argument("--timeout", type=float, default=300)
     ap.add_argument("--display", default="probe")
     ap.add_argument("--wait-participants", type=int)
+    ap.add_argument("--publishing", action="store_true")
     ap.add_argument("--show-offer", action="store_true")
     a = ap.parse_args()
     if not a.url:
@@ -153,7 +159,7 @@ def main():
     try:
         ws_url, room, pin = parse_meeting_url(a.url)
         if a.wait_participants is not None:
-            return wait_participants(ws_url, room, a.wait_participants, a.timeout)
+            return wait_participants(ws_url, room, a.wait_participants, a.timeout, a.publishing)
         return probe(ws_url, room, pin, a.expect, a.timeout, a.display, a.show_offer)
     except (OSError, JanusError) as e:
         print(f"probe: {e}", file=sys.stderr)

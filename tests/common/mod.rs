@@ -45,6 +45,17 @@ pub fn concat(parts: &[PathBuf], out: &Path) {
     assert!(st.success());
 }
 
+/// Writes `secs` of digital silence as a 48 kHz mono 16-bit WAV (sox, no dither).
+pub fn silence(secs: f64, out: &Path) {
+    let st = Command::new("sox")
+        .args(["-q", "-D", "-n", "-r", "48000", "-c", "1", "-b", "16"])
+        .arg(out)
+        .args(["trim", "0", &secs.to_string()])
+        .status()
+        .expect("sox must be installed (scripts/test installs it)");
+    assert!(st.success(), "sox failed");
+}
+
 /// The Whisper model directory; tests fail (not skip) when it is missing.
 pub fn model_dir() -> PathBuf {
     let dir = std::env::var_os("MEETBOT_MODEL_DIR")
