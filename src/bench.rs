@@ -7,10 +7,11 @@
 //! second of wall time on that one thread. Two paths are timed in the same
 //! run, alternately, and each figure is the median of several repeats:
 //!
-//! * **decode**: Opus decoding alone, the floor any pipeline pays;
+//! * **decode**: Opus decoding alone at 16 kHz (the rate the pipeline decodes
+//!   at), the floor any pipeline pays;
 //! * **full**: everything the bot does per packet — the caller's per-packet
 //!   hook (where the recording's encryption goes), then
-//!   [`ParticipantPipeline::push`] (decode, 48→16 kHz, VAD, utterance cut).
+//!   [`ParticipantPipeline::push`] (decode at 16 kHz, VAD, utterance cut).
 //!
 //! Time is read with [`std::time::Instant`]; the bench is not part of the
 //! sans-IO core.
@@ -92,7 +93,7 @@ pub fn audio_path_with_hook(
         full_secs.push(secs);
         utterances = u;
     }
-    let audio_seconds = samples as f64 / 48_000.0;
+    let audio_seconds = samples as f64 / 16_000.0;
     let total = audio_seconds * participants as f64;
     let speed = |secs: f64| if secs > 0.0 { total / secs } else { 0.0 };
     let decode_x_realtime = speed(median(&mut decode_secs));
@@ -122,9 +123,9 @@ pub fn opus_packets_from_wav(path: &Path) -> Result<Vec<OpusPacket>, PlatformErr
 /// the samples one participant decoded.
 fn time_decode(packets: &[OpusPacket], participants: usize) -> (f64, u64) {
     let mut decoders: Vec<opus::Decoder> = (0..participants)
-        .filter_map(|_| opus::Decoder::new(48_000, opus::Channels::Mono).ok())
+        .filter_map(|_| opus::Decoder::new(16_000, opus::Channels::Mono).ok())
         .collect();
-    let mut pcm = vec![0.0f32; 5_760];
+    let mut pcm = vec![0.0f32; 1_920];
     let mut samples = 0u64;
     let t = Instant::now();
     for packet in packets {

@@ -1,8 +1,8 @@
 //! One participant's audio path: Opus packets in, utterances out.
 //!
 //! ```text
-//! OpusPacket ─▶ loss/jitter handling ─▶ Opus decode (48 kHz mono)
-//!            ─▶ Decimator48To16 ─▶ Vad ─▶ Utterance (meeting clock)
+//! OpusPacket ─▶ loss/jitter handling ─▶ Opus decode (16 kHz mono)
+//!            ─▶ Vad ─▶ Utterance (meeting clock)
 //! ```
 //!
 //! Sans-IO: no clock is read; time comes from [`OpusPacket::at_ms`]. The first
@@ -32,17 +32,25 @@
 use tracing::{debug, trace};
 
 use crate::core::media::{OpusPacket, ParticipantId, Utterance};
-use crate::core::resample::Decimator48To16;
 use crate::core::vad::{Vad, VadConfig, VadSegment};
 
-/// Opus decode rate.
+/// The stream's clock counts 48 kHz samples (Opus's RTP clock), so every Opus
+/// duration is a whole number of them.
 const RATE_48K: u64 = 48_000;
 /// Samples per ms at 48 kHz.
 const PER_MS_48K: u64 = RATE_48K / 1000;
 /// Samples per ms at 16 kHz.
 const PER_MS_16K: u64 = 16;
-/// Longest Opus packet, 120 ms at 48 kHz: the decode scratch size.
+/// Opus decodes straight to the rate the VAD and STT use: libopus band-limits
+/// internally, which is cheaper than decoding at 48 kHz (SILK upsamples to it)
+/// and decimating back.
+const DECODE_RATE: u32 = 16_000;
+/// 48 kHz samples per decoded sample.
+const CLOCK_PER_DECODED: usize = 3;
+/// Longest Opus packet, 120 ms at 48 kHz.
 const MAX_PACKET_SAMPLES: usize = 5_760;
+/// The decode scratch size: 120 ms at 16 kHz.
+const MAX_DECODED: usize = MAX_PACKET_SAMPLES / CLOCK_PER_DECODED;
 /// Opus conceals in multiples of 2.5 ms.
 const PLC_QUANTUM: u64 = 120;
 /// Longest hole filled by concealment rather than silence, ms.
@@ -89,15 +97,12 @@ pub struct PipelineStats {
     pub restarts: u64,
 }
 
-/// Decode → 16 kHz → VAD for one participant.
+/// Decode (16 kHz) → VAD for one participant.
 pub struct ParticipantPipeline {
     id: ParticipantId,
     decoder: opus::Decoder,
-    decimator: Decimator48To16,
     vad: Vad,
-    /// Decode scratch (48 kHz).
-    pcm48: Vec<f32>,
-    /// Decimated scratch (16 kHz).
+    /// Decode scratch (16 kHz).
     pcm16: Vec<f32>,
     /// VAD output scratch.
     segments: Vec<VadSegment>,
@@ -126,15 +131,13 @@ impl ParticipantPipeline {
     /// A pipeline for participant `id`.
     pub fn new(id: ParticipantId, vad: &VadConfig) -> Result<Self, AudioError> {
         let vad = Vad::new(vad).map_err(AudioError::Config)?;
-        let decoder = opus::Decoder::new(48_000, opus::Channels::Mono)
+        let decoder = opus::Decoder::new(DECODE_RATE, opus::Channels::Mono)
             .map_err(|e| AudioError::Decoder(e.to_string()))?;
         Ok(ParticipantPipeline {
             id,
             decoder,
-            decimator: Decimator48To16::new(),
             vad,
-            pcm48: vec![0.0; MAX_PACKET_SAMPLES],
-            pcm16: Vec::with_capacity(MAX_PACKET_SAMPLES / 3 + 1),
+            pcm16: vec![0.0; MAX_DECODED],
             segments: Vec::new(),
             origin_ms: None,
             samples48: 0,
@@ -257,9 +260,12 @@ impl ParticipantPipeline {
         if next.is_empty() {
             return self.conceal(n);
         }
-        match self.decoder.decode_float(next, &mut self.pcm48[..n], true) {
+        match self
+            .decoder
+            .decode_float(next, &mut self.pcm16[..n / CLOCK_PER_DECODED], true)
+        {
             Ok(got) if got > 0 => {
-                self.stats.fec_samples += got as u64;
+                self.stats.fec_samples += (got * CLOCK_PER_DECODED) as u64;
                 self.feed(got);
                 true
             }
@@ -274,9 +280,12 @@ impl ParticipantPipeline {
     /// Packet-loss concealment of `n` samples (a multiple of 2.5 ms, ≤ 120 ms).
     /// False if the decoder refused.
     fn conceal(&mut self, n: usize) -> bool {
-        match self.decoder.decode_float(&[], &mut self.pcm48[..n], false) {
+        match self
+            .decoder
+            .decode_float(&[], &mut self.pcm16[..n / CLOCK_PER_DECODED], false)
+        {
             Ok(got) if got > 0 => {
-                self.stats.concealed_samples += got as u64;
+                self.stats.concealed_samples += (got * CLOCK_PER_DECODED) as u64;
                 self.feed(got);
                 true
             }
@@ -291,10 +300,11 @@ impl ParticipantPipeline {
     /// Decodes one payload, concealing it if it is empty or corrupt.
     fn decode(&mut self, payload: &[u8]) {
         if !payload.is_empty() {
-            match self.decoder.decode_float(payload, &mut self.pcm48, false) {
+            match self.decoder.decode_float(payload, &mut self.pcm16, false) {
                 Ok(n) if n > 0 => {
                     self.stats.decoded += 1;
-                    self.last_duration = n.clamp(PLC_QUANTUM as usize, MAX_PACKET_SAMPLES);
+                    self.last_duration =
+                        (n * CLOCK_PER_DECODED).clamp(PLC_QUANTUM as usize, MAX_PACKET_SAMPLES);
                     self.feed(n);
                     return;
                 }
@@ -314,12 +324,12 @@ impl ParticipantPipeline {
         }
     }
 
-    /// Runs `pcm48[..n]` through the decimator and the VAD.
+    /// Runs `pcm16[..n]` (decoded at 16 kHz) through the VAD.
     fn feed(&mut self, n: usize) {
-        self.samples48 = self.samples48.saturating_add(n as u64);
-        self.pcm16.clear();
-        self.decimator.process(&self.pcm48[..n], &mut self.pcm16);
-        self.vad.push(&self.pcm16, &mut self.segments);
+        self.samples48 = self
+            .samples48
+            .saturating_add((n * CLOCK_PER_DECODED) as u64);
+        self.vad.push(&self.pcm16[..n], &mut self.segments);
     }
 
     fn take_utterances(&mut self) -> Vec<Utterance> {

@@ -3,5 +3,8 @@
 pub mod audio;
 pub mod lifecycle;
 pub mod media;
-pub mod resample;
+/// A 48→16 kHz decimator; the live path decodes Opus at 16 kHz directly, so only
+/// tests that turn 48 kHz audio into VAD input use it.
+#[cfg(test)]
+pub(crate) mod resample;
 pub mod vad;

@@ -8,15 +8,12 @@
 //!
 //! The filter is a Kaiser-windowed sinc: −6 dB at 7.3 kHz, about 70 dB of
 //! stop-band rejection from roughly 8.4 kHz, unity gain at DC. Its group delay
-//! is [`DELAY_48K`] input samples (just under 1 ms), small enough that callers
+//! is `(TAPS - 1) / 2` input samples (just under 1 ms), small enough that callers
 //! ignore it when timestamping.
 
 /// Number of filter coefficients (a multiple of 8 so the dot product runs in
 /// whole vector lanes).
 pub const TAPS: usize = 96;
-
-/// Group delay of the filter in 48 kHz input samples (`(TAPS - 1) / 2`).
-pub const DELAY_48K: f32 = (TAPS as f32 - 1.0) / 2.0;
 
 /// The decimation factor.
 const FACTOR: usize = 3;
