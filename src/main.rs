@@ -25,11 +25,18 @@ fn main() {
         }
     };
     cli::init_logging(&cfg.log.level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    // A bot's work per packet is microseconds: one thread runs it without the
+    // cross-thread wake-ups (futex, context switches) a pool costs per packet.
+    // Whisper and file I/O go to the blocking pool either way.
+    let builder = match &cli.command {
+        Command::Join(_) => tokio::runtime::Builder::new_current_thread(),
+        _ => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(2);
+            b
+        }
+    };
+    let runtime = match { builder }.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("meetbot: cannot start the async runtime: {e}");
