@@ -225,7 +225,7 @@ pub async fn join(mut cfg: Config, args: JoinArgs) -> i32 {
 
     // Everything that can be checked before joining is checked here, so bad
     // input fails fast with nothing recorded.
-    let platform = match crate::platform::open(&url, &cfg.bot.name) {
+    let platform = match crate::platform::open(&url, &cfg.bot.name, &cfg.platform()) {
         Ok(p) => p,
         Err(e) => return fatal_early(e.to_string()),
     };

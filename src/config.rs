@@ -38,6 +38,12 @@ pub struct Config {
     pub lifecycle: LifecycleSection,
     /// `[auto_leave]`
     pub auto_leave: AutoLeaveSection,
+    /// `[janus]`
+    pub janus: JanusSection,
+    /// `[transport]`
+    pub transport: TransportSection,
+    /// `[jitter]`
+    pub jitter: JitterSection,
     /// `[stt_serve]`
     pub stt_serve: SttServeConfig,
     /// `[log]`
@@ -204,6 +210,70 @@ pub struct AutoLeaveSection {
     pub waiting_room: Duration,
 }
 
+/// `[janus]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JanusSection {
+    /// Handshake bound.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Reply bound.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Keepalive period.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+    /// Publishers tracked.
+    pub max_publishers: usize,
+    /// First rejoin wait.
+    #[serde(with = "humantime_serde")]
+    pub rejoin_initial_backoff: Duration,
+    /// Rejoin wait cap.
+    #[serde(with = "humantime_serde")]
+    pub rejoin_max_backoff: Duration,
+    /// How long to keep trying to rejoin.
+    #[serde(with = "humantime_serde")]
+    pub rejoin_window: Duration,
+    /// Silence after which a publisher counts as gone.
+    #[serde(with = "humantime_serde")]
+    pub publisher_timeout: Duration,
+}
+
+/// `[transport]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransportSection {
+    /// UDP bind addresses.
+    pub udp_bind: Vec<String>,
+    /// ICE gathering bound.
+    #[serde(with = "humantime_serde")]
+    pub ice_gather_timeout: Duration,
+    /// STUN servers.
+    pub stun_urls: Vec<String>,
+}
+
+/// `[jitter]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JitterSection {
+    /// Wait for a missing packet.
+    #[serde(with = "humantime_serde")]
+    pub delay: Duration,
+    /// Packets held behind a hole.
+    pub max_depth: usize,
+    /// Sequence jump that restarts the stream.
+    pub resync_packets: u16,
+    /// Early-arrival re-anchor threshold.
+    #[serde(with = "humantime_serde")]
+    pub ahead_tolerance: Duration,
+    /// Late-arrival re-anchor threshold.
+    #[serde(with = "humantime_serde")]
+    pub behind_tolerance: Duration,
+    /// Window for `behind_tolerance`.
+    #[serde(with = "humantime_serde")]
+    pub drift_window: Duration,
+}
+
 /// `[stt_serve]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -341,6 +411,7 @@ impl Config {
                 "must be > 0 and not above lifecycle.commit_retry_max",
             );
         }
+        self.validate_platform()?;
         if self
             .stt_serve
             .listen
@@ -367,6 +438,112 @@ impl Config {
             );
         }
         Ok(())
+    }
+
+    fn validate_platform(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: &str| Err(ConfigError(format!("{key}: {why}")));
+        let j = &self.janus;
+        for (key, d) in [
+            ("janus.connect_timeout", j.connect_timeout),
+            ("janus.request_timeout", j.request_timeout),
+            ("janus.keepalive_interval", j.keepalive_interval),
+            ("janus.publisher_timeout", j.publisher_timeout),
+            (
+                "transport.ice_gather_timeout",
+                self.transport.ice_gather_timeout,
+            ),
+        ] {
+            if d < Duration::from_millis(100) {
+                return bad(key, "must be at least 100ms");
+            }
+        }
+        if !(1..=1024).contains(&j.max_publishers) {
+            return bad("janus.max_publishers", "must be between 1 and 1024");
+        }
+        if j.rejoin_initial_backoff.is_zero() || j.rejoin_max_backoff < j.rejoin_initial_backoff {
+            return bad(
+                "janus.rejoin_initial_backoff",
+                "must be > 0 and not above janus.rejoin_max_backoff",
+            );
+        }
+        if self.transport.udp_bind.is_empty() {
+            return bad("transport.udp_bind", "needs at least one address");
+        }
+        for a in &self.transport.udp_bind {
+            if a.trim().parse::<std::net::SocketAddr>().is_err() {
+                return bad(
+                    "transport.udp_bind",
+                    &format!("{a:?} is not an address like \"0.0.0.0:0\" or \"10.0.0.5:0\""),
+                );
+            }
+        }
+        for u in &self.transport.stun_urls {
+            let ok = u
+                .strip_prefix("stun:")
+                .is_some_and(|hp| !hp.is_empty() && !hp.contains(['/', '?', ' ']));
+            if !ok {
+                return bad(
+                    "transport.stun_urls",
+                    &format!("{u:?} is not a STUN URL like \"stun:stun.example.com:3478\""),
+                );
+            }
+        }
+        let jt = &self.jitter;
+        if jt.delay.is_zero() || jt.delay > Duration::from_secs(2) {
+            return bad("jitter.delay", "must be between 1ms and 2s");
+        }
+        if !(1..=1000).contains(&jt.max_depth) {
+            return bad("jitter.max_depth", "must be between 1 and 1000");
+        }
+        if jt.resync_packets < 10 {
+            return bad("jitter.resync_packets", "must be at least 10");
+        }
+        if jt.drift_window < Duration::from_millis(100) {
+            return bad("jitter.drift_window", "must be at least 100ms");
+        }
+        Ok(())
+    }
+
+    /// The settings platforms take (only Janus uses them so far).
+    pub fn platform(&self) -> crate::platform::PlatformSettings {
+        use crate::platform::janus::{
+            jitter::JitterConfig, platform::RejoinPolicy, transport::TransportConfig,
+            ws::JanusOptions,
+        };
+        let j = &self.janus;
+        let jt = &self.jitter;
+        crate::platform::PlatformSettings {
+            janus: JanusOptions {
+                connect_timeout: j.connect_timeout,
+                keepalive_interval: j.keepalive_interval,
+                request_timeout: j.request_timeout,
+                max_publishers: j.max_publishers,
+            },
+            transport: TransportConfig {
+                udp_bind: self
+                    .transport
+                    .udp_bind
+                    .iter()
+                    .map(|a| a.trim().to_owned())
+                    .collect(),
+                ice_gather_timeout: self.transport.ice_gather_timeout,
+                stun_urls: self.transport.stun_urls.clone(),
+            },
+            jitter: JitterConfig {
+                delay: jt.delay,
+                max_depth: jt.max_depth,
+                resync_packets: jt.resync_packets,
+                ahead_tolerance: jt.ahead_tolerance,
+                behind_tolerance: jt.behind_tolerance,
+                drift_window: jt.drift_window,
+            },
+            rejoin: RejoinPolicy {
+                initial_backoff: j.rejoin_initial_backoff,
+                max_backoff: j.rejoin_max_backoff,
+                window: j.rejoin_window,
+                publisher_timeout: j.publisher_timeout,
+            },
+        }
     }
 
     /// The lifecycle timings.
@@ -459,6 +636,14 @@ fn apply_env(
         Some(toml::Value::Boolean(_)) => toml::Value::Boolean(raw.trim().parse().map_err(|_| {
             ConfigError(format!("environment variable {name}: {section}.{key} must be true or false, got {raw:?}"))
         })?),
+        // Lists of strings: comma-separated.
+        Some(toml::Value::Array(_)) => toml::Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(|v| toml::Value::String(v.to_owned()))
+                .collect(),
+        ),
         Some(_) => {
             return Err(ConfigError(format!("environment variable {name}: {section}.{key} cannot be set from the environment")))
         }
@@ -487,6 +672,67 @@ mod tests {
             file.map(|_| path.as_path()),
             env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
         )
+    }
+
+    #[test]
+    fn platform_sections_default_to_the_platform_defaults_and_take_overrides() {
+        use crate::platform::janus::platform::RejoinPolicy;
+        let c = load(None, &[]).unwrap();
+        let p = c.platform();
+        let d = crate::platform::PlatformSettings::default();
+        assert_eq!(p.rejoin, RejoinPolicy::default());
+        assert_eq!(format!("{:?}", p.janus), format!("{:?}", d.janus));
+        assert_eq!(format!("{:?}", p.jitter), format!("{:?}", d.jitter));
+        assert_eq!(p.transport.udp_bind, d.transport.udp_bind);
+        assert_eq!(
+            p.transport.ice_gather_timeout,
+            d.transport.ice_gather_timeout
+        );
+        assert_eq!(p.transport.stun_urls, d.transport.stun_urls);
+
+        let c = load(
+            Some("[janus]\nrejoin_window = \"0s\"\n[jitter]\ndelay = \"120ms\"\n"),
+            &[
+                ("MEETBOT_TRANSPORT__UDP_BIND", "10.0.0.5:0, 127.0.0.1:0"),
+                ("MEETBOT_TRANSPORT__STUN_URLS", "stun:stun.example.com:3478"),
+                ("MEETBOT_JANUS__PUBLISHER_TIMEOUT", "90s"),
+            ],
+        )
+        .unwrap();
+        let p = c.platform();
+        assert!(p.rejoin.window.is_zero());
+        assert_eq!(p.rejoin.publisher_timeout, Duration::from_secs(90));
+        assert_eq!(p.jitter.delay, Duration::from_millis(120));
+        assert_eq!(p.transport.udp_bind, ["10.0.0.5:0", "127.0.0.1:0"]);
+        assert_eq!(p.transport.stun_urls, ["stun:stun.example.com:3478"]);
+    }
+
+    #[test]
+    fn bad_platform_settings_name_their_key() {
+        for (file, key) in [
+            ("[janus]\nrequest_timeout = \"0s\"", "janus.request_timeout"),
+            ("[janus]\nmax_publishers = 0", "janus.max_publishers"),
+            (
+                "[janus]\nrejoin_initial_backoff = \"1m\"\nrejoin_max_backoff = \"1s\"",
+                "janus.rejoin_initial_backoff",
+            ),
+            ("[transport]\nudp_bind = []", "transport.udp_bind"),
+            (
+                "[transport]\nudp_bind = [\"localhost\"]",
+                "transport.udp_bind",
+            ),
+            (
+                "[transport]\nstun_urls = [\"turn:x:1\"]",
+                "transport.stun_urls",
+            ),
+            ("[jitter]\ndelay = \"5s\"", "jitter.delay"),
+            ("[jitter]\nmax_depth = 0", "jitter.max_depth"),
+            ("[jitter]\nresync_packets = 70000", "jitter.resync_packets"),
+            ("[jitter]\nbogus = 1", "jitter.bogus"),
+        ] {
+            let err = load(Some(file), &[]).unwrap_err().to_string();
+            assert!(err.contains(key), "{file:?}: {err}");
+        }
     }
 
     #[test]

@@ -113,12 +113,29 @@ pub trait MeetingPlatform: Send {
     ) -> Result<(), PlatformError>;
 }
 
+/// Settings for the platforms that take any (from `[janus]`, `[transport]`, `[jitter]`).
+#[derive(Debug, Clone, Default)]
+pub struct PlatformSettings {
+    /// Janus signalling.
+    pub janus: janus::ws::JanusOptions,
+    /// WebRTC media.
+    pub transport: janus::transport::TransportConfig,
+    /// Reorder buffer.
+    pub jitter: janus::jitter::JitterConfig,
+    /// Rejoin and vanished-publisher rules.
+    pub rejoin: janus::platform::RejoinPolicy,
+}
+
 /// Opens the platform named by the URL's scheme (`replay:<manifest.json>`,
 /// `janus+ws://host:port/<room>[?pin=…]`, `janus+wss://…`); `bot_name` is the
 /// display name used where the platform shows one. Fails fast, before anything
 /// is recorded, when the URL or what it names is unusable. Errors never repeat
 /// the URL.
-pub fn open(url: &Pii<String>, bot_name: &str) -> Result<Box<dyn MeetingPlatform>, PlatformError> {
+pub fn open(
+    url: &Pii<String>,
+    bot_name: &str,
+    settings: &PlatformSettings,
+) -> Result<Box<dyn MeetingPlatform>, PlatformError> {
     let raw = url.expose().trim();
     let Some((scheme, rest)) = raw.split_once(':') else {
         return Err(PlatformError::InvalidUrl(
@@ -129,9 +146,14 @@ pub fn open(url: &Pii<String>, bot_name: &str) -> Result<Box<dyn MeetingPlatform
         "replay" => Ok(Box::new(replay::ReplayPlatform::open(
             std::path::Path::new(rest),
         )?)),
-        "janus+ws" | "janus+wss" => Ok(Box::new(janus::platform::JanusPlatform::open(
-            url, bot_name,
-        )?)),
+        "janus+ws" | "janus+wss" => Ok(Box::new(
+            janus::platform::JanusPlatform::open(url, bot_name)?.with_options(
+                settings.janus.clone(),
+                settings.transport.clone(),
+                settings.jitter.clone(),
+                settings.rejoin.clone(),
+            ),
+        )),
         other => Err(PlatformError::InvalidUrl(format!(
             "unknown scheme {:?}; supported: replay, janus+ws, janus+wss",
             truncate(other, 32)
