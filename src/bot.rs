@@ -725,3 +725,177 @@ async fn destroy_and_receipt(
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::media::OpusPacket;
+    use crate::platform::{EndReason, PlatformError};
+    use crate::recording::LocalKeyFile;
+    use crate::store::local::LocalDirStore;
+    use crate::stt::{SttError, SttSegment};
+    use async_trait::async_trait;
+
+    /// Says how long each utterance is; never fails.
+    struct Durations;
+
+    #[async_trait]
+    impl SttProvider for Durations {
+        fn name(&self) -> &str {
+            "durations"
+        }
+        fn model(&self) -> &str {
+            "none"
+        }
+        async fn transcribe(&self, samples: Arc<[f32]>) -> Result<Vec<SttSegment>, SttError> {
+            let ms = samples.len() as u64 / 16;
+            Ok(vec![SttSegment {
+                start_ms: 0,
+                end_ms: ms,
+                text: format!("{ms} ms"),
+            }])
+        }
+    }
+
+    /// Plays a fixed list of events, pausing where told.
+    struct Scripted(Vec<(u64, PlatformEvent)>);
+
+    #[async_trait]
+    impl MeetingPlatform for Scripted {
+        async fn run(
+            self: Box<Self>,
+            events: mpsc::Sender<PlatformEvent>,
+            _leave: CancellationToken,
+        ) -> Result<(), PlatformError> {
+            for (pause_ms, ev) in self.0 {
+                tokio::time::sleep(std::time::Duration::from_millis(pause_ms)).await;
+                if events.send(ev).await.is_err() {
+                    break;
+                }
+            }
+            Ok(())
+        }
+    }
+
+    fn encode(audio: &[f32], at_ms: u64, seq0: u16) -> Vec<OpusPacket> {
+        let mut enc = opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip)
+            .expect("encoder");
+        let mut out = [0u8; 1500];
+        audio
+            .chunks(960)
+            .enumerate()
+            .map(|(i, chunk)| {
+                let mut frame = [0.0f32; 960];
+                frame[..chunk.len()].copy_from_slice(chunk);
+                let n = enc.encode_float(&frame, &mut out).expect("encode");
+                OpusPacket {
+                    seq: seq0.wrapping_add(i as u16),
+                    at_ms: at_ms + 20 * i as u64,
+                    payload: bytes::Bytes::copy_from_slice(&out[..n]),
+                }
+            })
+            .collect()
+    }
+
+    /// The platform loses the meeting mid-sentence and rejoins: what was said before is
+    /// kept, the time away is a `rejoin` gap, speech after the rejoin (a restarted RTP
+    /// stream) lands on the same clock, and the transcript is marked incomplete.
+    #[tokio::test]
+    async fn a_rejoin_becomes_a_gap_and_speech_on_both_sides_is_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        let speech = crate::core::vad::testutil::espeak_48k(
+            d,
+            "s",
+            "Good morning everyone, let us begin the review.",
+        );
+        let mut audio = vec![0.0; 24_000];
+        audio.extend(&speech);
+        audio.extend(vec![0.0; 48_000]);
+        let id = ParticipantId("p1".into());
+        let mut script = vec![
+            (0, PlatformEvent::Admitted),
+            (
+                0,
+                PlatformEvent::ParticipantJoined {
+                    id: id.clone(),
+                    name: Pii::new("Alice".into()),
+                },
+            ),
+        ];
+        let audio_ev = |p: OpusPacket| {
+            (
+                0,
+                PlatformEvent::Audio {
+                    id: id.clone(),
+                    packet: p,
+                },
+            )
+        };
+        let before = encode(&audio, 0, 100);
+        let cut = before.len() * 2 / 3; // mid-utterance
+        let lost_at = before[cut].at_ms;
+        script.extend(before[..cut].iter().cloned().map(audio_ev));
+        script.push((
+            0,
+            PlatformEvent::Interrupted {
+                at_ms: lost_at,
+                reason: "janus connection_lost".into(),
+            },
+        ));
+        let back_at = lost_at + 6_000;
+        script.push((50, PlatformEvent::Resumed { at_ms: back_at }));
+        // A fresh RTP stream: its sequence numbers start over, lower.
+        script.extend(encode(&audio, back_at + 500, 7).into_iter().map(audio_ev));
+        script.push((0, PlatformEvent::ParticipantLeft { id: id.clone() }));
+        script.push((
+            0,
+            PlatformEvent::Ended {
+                reason: EndReason::ReplayFinished,
+            },
+        ));
+
+        let comps = Components {
+            keys: Arc::new(LocalKeyFile::open_or_create(d.join("kek")).expect("kek")),
+            stt: Arc::new(Durations),
+            store: Arc::new(LocalDirStore::new(d.join("t"))),
+            audit: Arc::new(AuditLog::open(d.join("audit.jsonl")).expect("audit")),
+            recording: RecordingConfig::new(d.join("spool")),
+            vad: VadConfig::default(),
+            lifecycle: LifecycleConfig::default(),
+            retry: RetryPolicy::default(),
+            stt_concurrency: 1,
+        };
+        let req = JoinRequest {
+            tenant: "acme".into(),
+            meeting_id: "m1".into(),
+            bot_name: "bot".into(),
+            language: "en".into(),
+        };
+        let (_stop_tx, stop_rx) = mpsc::channel(1);
+        let mut statuses = Vec::new();
+        let outcome = run(req, comps, Box::new(Scripted(script)), stop_rx, &mut |l| {
+            statuses.push(l.status)
+        })
+        .await;
+        assert!(outcome.success, "{statuses:?}");
+        let doc: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(d.join("t/acme/m1.json")).expect("transcript"))
+                .expect("json");
+        assert_eq!(doc["complete"], false);
+        let gaps = doc["gaps"].as_array().expect("gaps");
+        assert_eq!(gaps.len(), 1, "{gaps:?}");
+        assert_eq!(gaps[0]["kind"], "rejoin");
+        assert_eq!(gaps[0]["start_ms"], lost_at);
+        assert_eq!(gaps[0]["end_ms"], back_at);
+        assert!(gaps[0]["speaker_id"].is_null());
+        let segs = doc["segments"].as_array().expect("segments");
+        assert_eq!(segs.len(), 2, "{segs:?}");
+        // Before: cut off at the loss. After: the whole sentence, after the gap.
+        let (s0, e0) = (segs[0]["start_ms"].as_u64(), segs[0]["end_ms"].as_u64());
+        assert!(s0 < Some(lost_at) && e0 <= Some(lost_at), "{segs:?}");
+        let s1 = segs[1]["start_ms"].as_u64().expect("start");
+        assert!(s1 >= back_at + 500, "{segs:?}");
+        assert!(segs.iter().all(|s| s["speaker"] == "Alice"));
+    }
+}
