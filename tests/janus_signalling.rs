@@ -974,7 +974,10 @@ fn mutation_fuzz_never_panics() {
 
 // ---- the real thing ------------------------------------------------------------------------
 
+mod common;
+
 mod real_janus {
+    use super::common::Workspace;
     use super::*;
     use std::io::{BufRead, BufReader, Write};
     use std::path::Path;
@@ -1177,6 +1180,45 @@ mod real_janus {
             max_backoff: Duration::from_millis(800),
             window,
             ..RejoinPolicy::default()
+        }
+    }
+
+    /// `meetbot join` against a real Janus: a room that does not exist, a wrong PIN and a
+    /// missing PIN each end `fatal` at once with the reason, leaving only the deletion
+    /// receipt (no spool, no transcript).
+    #[test]
+    fn join_fails_fast_on_a_wrong_room_or_pin_and_leaves_nothing_behind() {
+        let janus = start_janus();
+        for (room, want) in [
+            ("999", "no_such_room"),
+            ("4321?pin=nope", "unauthorized"),
+            ("4321", "pin_required"),
+        ] {
+            let ws = Workspace::new();
+            let url = format!("janus+ws://127.0.0.1:{}/{room}", janus.port);
+            let t0 = Instant::now();
+            // The openai provider is never called: nothing is said.
+            let run = ws.join(
+                &url,
+                &["--stt", "openai", "--stt-url", "http://127.0.0.1:9/v1"],
+            );
+            let took = t0.elapsed();
+            assert_ne!(run.code, Some(0), "{}", run.describe());
+            let last = run.last();
+            assert_eq!(last["status"], "fatal", "{}", run.describe());
+            let reason = last["reason"].as_str().unwrap_or_default();
+            assert!(reason.contains(want), "{room}: {reason}");
+            assert!(
+                !reason.contains("127.0.0.1") && !reason.contains("nope"),
+                "{reason}"
+            );
+            assert!(took < Duration::from_secs(15), "{room}: took {took:?}");
+            assert!(ws.spool_files().is_empty(), "{:?}", ws.spool_files());
+            assert!(
+                !ws.data().join("transcripts").exists()
+                    || super::common::walk(&ws.data().join("transcripts")).is_empty()
+            );
+            assert!(!run.stderr.contains(&url), "stderr leaks the URL");
         }
     }
 
