@@ -71,9 +71,18 @@ struct Speaker {
     after: Option<&'static str>,
 }
 
+/// The bot's command in the sandbox.
+const JOIN: &str =
+    r#"exec "$MB_BIN" --config "$MB_CONFIG" join "$MEETING_URL" --tenant acme --meeting-id m1"#;
+
 /// Runs `meetbot join "$MEETING_URL"` (embedded STT, tenant acme, meeting m1) in
 /// `scripts/local-meeting` with `speakers`.
 fn run_meeting(ws: &Workspace, speakers: &[Speaker]) -> Run {
+    run_meeting_with(ws, speakers, JOIN)
+}
+
+/// Like [`run_meeting`], with `command` (sh) in the sandbox instead of the plain join.
+fn run_meeting_with(ws: &Workspace, speakers: &[Speaker], command: &str) -> Run {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/local-meeting");
     let mut c = Command::new(script);
     c.arg("--no-install");
@@ -88,10 +97,12 @@ fn run_meeting(ws: &Workspace, speakers: &[Speaker]) -> Run {
     // sends SIGTERM and the call would not end as `everyone_left`.
     c.args(["--keep-open", "10", "--grace", "20"])
         .args(["--", "sh", "-c"])
-        .arg(
-            r#"exec "$MB_BIN" --config "$MB_CONFIG" join "$MEETING_URL" --tenant acme --meeting-id m1"#,
-        )
+        .arg(command)
         .env("MB_BIN", BIN)
+        .env(
+            "MB_PROBE",
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/local-meeting.d/probe.py"),
+        )
         .env("MB_CONFIG", ws.config())
         .env("MEETBOT_STT__MODEL_DIR", model_dir())
         .env_remove("RUST_LOG")
@@ -299,5 +310,82 @@ fn a_late_joiner_and_an_early_leaver_are_transcribed_on_the_meeting_clock() {
         "no segment of Anna's starts after Ben's last one ended\n{segs}"
     );
 
+    assert_no_plaintext_left(&ws, &speakers);
+}
+
+/// The bot's WebSocket to Janus is cut (the kernel aborts the TCP connection, as a network
+/// failure would) once the first speaker is publishing: the bot rejoins the same room by
+/// itself, keeps receiving both speakers, records the time away as a `rejoin` gap and still
+/// leaves on its own when the room empties.
+#[test]
+fn the_bot_rejoins_after_its_janus_connection_is_cut() {
+    require_prerequisites();
+    let ws = Workspace::new();
+    let dir = ws.path();
+    let speakers = [
+        Speaker {
+            name: "Host",
+            wav: dir.join("host.wav"),
+            text: HOST_TEXT.into(),
+            word: "budget",
+            offset_s: 0,
+            after: None,
+        },
+        Speaker {
+            name: "Guest",
+            wav: dir.join("guest.wav"),
+            text: GUEST_TEXT.into(),
+            word: "marketing",
+            offset_s: 0,
+            after: None,
+        },
+    ];
+    // Both files open with 6 s of silence: the cut (as soon as one of them publishes) and
+    // the rejoin happen in it. The guest's silence is longer so they do not talk at once.
+    let (lead, lead2) = (dir.join("lead.wav"), dir.join("lead2.wav"));
+    let (h, g) = (dir.join("h.wav"), dir.join("g.wav"));
+    silence(6.0, &lead);
+    silence(13.0, &lead2);
+    espeak("en-us", HOST_TEXT, &h);
+    espeak("en-gb", GUEST_TEXT, &g);
+    concat(&[lead.clone(), h], &speakers[0].wav);
+    concat(&[lead2, g], &speakers[1].wav);
+
+    // Only the bot's own connection is cut (the publishers' stay up): find its local port.
+    let command = r#""$MB_BIN" --config "$MB_CONFIG" join "$MEETING_URL" --tenant acme --meeting-id m1 &
+pid=$!
+python3 "$MB_PROBE" --wait-participants 1 --publishing --timeout 90 >/dev/null || { kill $pid; wait $pid; exit 99; }
+port=$(ss -Htnp state established '( dport = :8188 )' | grep "pid=$pid," | awk '{print $3}' | sed 's/.*://' | head -n1)
+[ -n "$port" ] || { echo "no bot connection found" >&2; kill $pid; wait $pid; exit 98; }
+ss -K state established "( sport = :$port and dport = :8188 )" >/dev/null
+echo "cut the bot's Janus connection (local port $port)" >&2
+wait $pid"#;
+    let run = run_meeting_with(&ws, &speakers, command);
+    assert!(
+        run.stderr.contains("cut the bot's Janus connection"),
+        "{}",
+        run.describe()
+    );
+    let t = assert_done_after_everyone_left(&run);
+    assert_words_and_attribution(&t, &speakers);
+    let gaps = t["gaps"].as_array().expect("gaps");
+    let rejoins: Vec<_> = gaps.iter().filter(|g| g["kind"] == "rejoin").collect();
+    assert_eq!(rejoins.len(), 1, "{gaps:?}\n{}", run.describe());
+    let (from, to) = (
+        rejoins[0]["start_ms"].as_u64().unwrap(),
+        rejoins[0]["end_ms"].as_u64().unwrap(),
+    );
+    eprintln!("rejoin gap {from}..{to} ms");
+    assert!(to > from && to - from < 10_000, "{from}..{to}");
+    assert_eq!(t["complete"], false);
+    // Everything said came after the bot was back.
+    for s in &speakers {
+        let first = spans(&t, s.name).first().map(|s| s.0).expect("segments");
+        assert!(
+            first >= to,
+            "{} starts at {first} ms, inside the gap {from}..{to}",
+            s.name
+        );
+    }
     assert_no_plaintext_left(&ws, &speakers);
 }
