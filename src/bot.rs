@@ -778,23 +778,7 @@ mod tests {
     }
 
     fn encode(audio: &[f32], at_ms: u64, seq0: u16) -> Vec<OpusPacket> {
-        let mut enc = opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip)
-            .expect("encoder");
-        let mut out = [0u8; 1500];
-        audio
-            .chunks(960)
-            .enumerate()
-            .map(|(i, chunk)| {
-                let mut frame = [0.0f32; 960];
-                frame[..chunk.len()].copy_from_slice(chunk);
-                let n = enc.encode_float(&frame, &mut out).expect("encode");
-                OpusPacket {
-                    seq: seq0.wrapping_add(i as u16),
-                    at_ms: at_ms + 20 * i as u64,
-                    payload: bytes::Bytes::copy_from_slice(&out[..n]),
-                }
-            })
-            .collect()
+        crate::core::audio::testutil::encode_with(audio, at_ms, seq0, false)
     }
 
     /// The platform loses the meeting mid-sentence and rejoins: what was said before is

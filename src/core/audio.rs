@@ -351,18 +351,14 @@ impl ParticipantPipeline {
     }
 }
 
+/// Test helpers shared with other modules' tests.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::core::vad::testutil::{espeak_48k, noise};
+pub(crate) mod testutil {
+    use crate::core::media::OpusPacket;
 
-    /// Encodes 48 kHz mono audio into 20 ms packets starting at `at_ms`.
-    fn encode(audio: &[f32], at_ms: u64, seq0: u16) -> Vec<OpusPacket> {
-        encode_with(audio, at_ms, seq0, false)
-    }
-
-    /// [`encode`], optionally with in-band FEC as Chrome sends it.
-    fn encode_with(audio: &[f32], at_ms: u64, seq0: u16, fec: bool) -> Vec<OpusPacket> {
+    /// Encodes 48 kHz mono audio into 20 ms Opus packets (32 kb/s VoIP) starting at
+    /// `at_ms` with sequence numbers from `seq0`; with `fec`, in-band FEC as Chrome sends it.
+    pub(crate) fn encode_with(audio: &[f32], at_ms: u64, seq0: u16, fec: bool) -> Vec<OpusPacket> {
         let mut enc = opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip)
             .expect("encoder");
         enc.set_bitrate(opus::Bitrate::Bits(32_000))
@@ -386,6 +382,18 @@ mod tests {
                 }
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testutil::encode_with;
+    use super::*;
+    use crate::core::vad::testutil::{espeak_48k, noise};
+
+    /// Encodes 48 kHz mono audio into 20 ms packets starting at `at_ms`.
+    fn encode(audio: &[f32], at_ms: u64, seq0: u16) -> Vec<OpusPacket> {
+        encode_with(audio, at_ms, seq0, false)
     }
 
     /// 1 s of quiet hiss, the sentence, 1.5 s of hiss (48 kHz); returns the
