@@ -431,7 +431,13 @@ impl Router {
             return Ok(());
         }
         let now = rtp.arrival;
-        self.last_audio.insert(feed.clone(), now);
+        // Per packet: update in place, allocate only for a feed's first packet.
+        match self.last_audio.get_mut(&feed) {
+            Some(t) => *t = now,
+            None => {
+                self.last_audio.insert(feed.clone(), now);
+            }
+        }
         let jitter = self.jitter.clone();
         let buf = self
             .buffers
