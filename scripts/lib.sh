@@ -47,3 +47,19 @@ install_meeting_deps() {
   [ -x /usr/lib/chromium/chromium ] || die "/usr/lib/chromium/chromium missing after installing chromium"
   command -v janus >/dev/null || die "janus missing after installing janus"
 }
+
+# Azurite (the Azure Storage emulator: blob, queue, table) for the fleet-mode tests,
+# installed from npm into the cache. Node.js comes with the machine; if it is missing,
+# Debian's nodejs is installed (Azurite 3.37 declares node >= 22 but runs on 18/20: npm only warns).
+AZURITE_VERSION=3.37.0
+AZURITE_DIR="${XDG_CACHE_HOME:-$HOME/.cache}/meetbot/azurite-$AZURITE_VERSION"
+export MEETBOT_AZURITE="${MEETBOT_AZURITE:-$AZURITE_DIR/node_modules/azurite/dist/src/azurite.js}"
+install_azurite() {
+  command -v node >/dev/null && command -v npm >/dev/null || apt_install_missing nodejs npm
+  if [ ! -f "$MEETBOT_AZURITE" ]; then
+    log "installing Azurite $AZURITE_VERSION from npm into $AZURITE_DIR"
+    mkdir -p "$AZURITE_DIR"
+    (cd "$AZURITE_DIR" && npm install --no-audit --no-fund --loglevel=error "azurite@$AZURITE_VERSION" >/dev/null)
+  fi
+  [ -f "$MEETBOT_AZURITE" ] || die "Azurite missing after npm install: $MEETBOT_AZURITE"
+}
