@@ -13,7 +13,7 @@ use crate::audit::AuditLog;
 use crate::bot::{self, Components, JoinRequest};
 use crate::config::{Config, SttKind};
 use crate::pii::{Pii, Secret};
-use crate::recording::{KeyProvider, LocalKeyFile, RecordingConfig};
+use crate::recording::{KeyProvider, RecordingConfig};
 use crate::status::{self, StatusLine};
 use crate::store::{local::LocalDirStore, validate_id};
 use crate::stt::openai::{OpenAiConfig, OpenAiProvider};
@@ -49,6 +49,28 @@ pub enum Command {
     },
     /// Print performance figures (audio path, Whisper real-time factor).
     Bench(crate::benchcmd::BenchArgs),
+    /// Fleet mode: take one job (--job-file, MEETBOT_JOB, else the queue) and run its meeting.
+    Worker(WorkerArgs),
+    /// Fleet mode: serve the control API (POST/GET/DELETE /v1/bots).
+    Serve,
+    /// Fleet mode: delete expired transcripts and orphaned recordings, with receipts.
+    Sweep(SweepArgs),
+}
+
+/// `meetbot worker`.
+#[derive(Debug, clap::Args)]
+pub struct WorkerArgs {
+    /// Job JSON file (instead of MEETBOT_JOB or the queue).
+    #[arg(long, value_name = "FILE")]
+    pub job_file: Option<PathBuf>,
+}
+
+/// `meetbot sweep`.
+#[derive(Debug, clap::Args)]
+pub struct SweepArgs {
+    /// Report what would be deleted without deleting anything.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// `meetbot join`.
@@ -229,54 +251,14 @@ pub async fn join(mut cfg: Config, args: JoinArgs) -> i32 {
         Ok(p) => p,
         Err(e) => return fatal_early(e.to_string()),
     };
-    let keys: Arc<dyn KeyProvider> = match LocalKeyFile::open_or_create(cfg.paths.key_file()) {
-        Ok(k) => Arc::new(k),
-        Err(e) => return fatal_early(format!("key provider: {e}")),
+    let keys = match crate::fleet::build_keys(&cfg, None).await {
+        Ok(k) => k,
+        Err(e) => return fatal_early(e),
     };
-    // A log that cannot take a receipt must stop us before anything is
-    // recorded (or swept): a deletion without its receipt is not allowed.
-    let audit = match AuditLog::open(cfg.paths.audit_log())
-        .and_then(|a| a.check_appendable().map(|()| a))
-    {
-        Ok(a) => Arc::new(a),
-        Err(e) => {
-            return fatal_early(format!(
-                "audit log: {e} (inspect it with `meetbot audit verify`)"
-            ))
-        }
-    };
-    let recording = RecordingConfig {
-        spool_dir: cfg.paths.spool_dir(),
-        memory_budget_bytes: (cfg.recording.memory_budget_kib * 1024) as usize,
-        chunk_bytes: (cfg.recording.chunk_kib * 1024) as usize,
-    };
-    if let Err(e) = bot::sweep_spool(&recording, &audit) {
-        return fatal_early(format!(
-            "sweeping the spool {}: {e:#}",
-            recording.spool_dir.display()
-        ));
-    }
-    let stt = match build_stt(&cfg) {
-        Ok(s) => s,
-        Err(e) => return fatal_early(format!("{e:#}")),
-    };
-    info!(provider = stt.name(), model = stt.model(), "STT ready.");
-
-    let comps = Components {
-        keys,
-        stt,
-        store: Arc::new(LocalDirStore::new(cfg.paths.transcripts_dir())),
-        audit,
-        recording,
-        vad: cfg.vad.clone(),
-        lifecycle: cfg.lifecycle(),
-        retry: RetryPolicy {
-            attempts: cfg.stt.attempts,
-            attempt_timeout: cfg.stt.timeout,
-            initial_backoff: cfg.stt.initial_backoff,
-            max_backoff: cfg.stt.max_backoff,
-        },
-        stt_concurrency: cfg.stt.concurrency,
+    let store = Arc::new(LocalDirStore::new(cfg.paths.transcripts_dir()));
+    let comps = match prepare(&cfg, store, keys) {
+        Ok(c) => c,
+        Err(e) => return fatal_early(e),
     };
     let req = JoinRequest {
         tenant,
@@ -293,9 +275,60 @@ pub async fn join(mut cfg: Config, args: JoinArgs) -> i32 {
     }
 }
 
+/// Builds what a run needs besides the platform, store and keys: the audit
+/// log (checked appendable), the spool (orphans swept, with receipts) and the
+/// STT provider. Errors are the reason for a `fatal` status line.
+pub fn prepare(
+    cfg: &Config,
+    store: Arc<dyn crate::store::TranscriptStore>,
+    keys: Arc<dyn KeyProvider>,
+) -> Result<Components, String> {
+    // A log that cannot take a receipt must stop us before anything is
+    // recorded (or swept): a deletion without its receipt is not allowed.
+    let audit = match AuditLog::open(cfg.paths.audit_log())
+        .and_then(|a| a.check_appendable().map(|()| a))
+    {
+        Ok(a) => Arc::new(a),
+        Err(e) => {
+            return Err(format!(
+                "audit log: {e} (inspect it with `meetbot audit verify`)"
+            ))
+        }
+    };
+    let recording = RecordingConfig {
+        spool_dir: cfg.paths.spool_dir(),
+        memory_budget_bytes: (cfg.recording.memory_budget_kib * 1024) as usize,
+        chunk_bytes: (cfg.recording.chunk_kib * 1024) as usize,
+    };
+    if let Err(e) = bot::sweep_spool(&recording, &audit) {
+        return Err(format!(
+            "sweeping the spool {}: {e:#}",
+            recording.spool_dir.display()
+        ));
+    }
+    let stt = build_stt(cfg).map_err(|e| format!("{e:#}"))?;
+    info!(provider = stt.name(), model = stt.model(), "STT ready.");
+    Ok(Components {
+        keys,
+        stt,
+        store,
+        audit,
+        recording,
+        vad: cfg.vad.clone(),
+        lifecycle: cfg.lifecycle(),
+        retry: RetryPolicy {
+            attempts: cfg.stt.attempts,
+            attempt_timeout: cfg.stt.timeout,
+            initial_backoff: cfg.stt.initial_backoff,
+            max_backoff: cfg.stt.max_backoff,
+        },
+        stt_concurrency: cfg.stt.concurrency,
+    })
+}
+
 /// Installs SIGTERM/SIGINT handlers now (synchronously) and forwards one
 /// message per signal from a task.
-fn forward_signals(tx: mpsc::Sender<()>) {
+pub fn forward_signals(tx: mpsc::Sender<()>) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -376,6 +409,17 @@ pub fn audit_verify(cfg: &Config, log: Option<PathBuf>) -> i32 {
             1
         }
     }
+}
+
+/// Runs `meetbot worker`. Returns the exit code.
+pub async fn worker(cfg: Config, args: WorkerArgs) -> i32 {
+    use crate::fleet::worker::JobSource;
+    let source = match (args.job_file, std::env::var("MEETBOT_JOB")) {
+        (Some(f), _) => JobSource::File(f),
+        (None, Ok(j)) if !j.trim().is_empty() => JobSource::Env(j),
+        _ => JobSource::Queue,
+    };
+    crate::fleet::worker::run(cfg, source).await
 }
 
 /// Bounded wait used when the process exits while blocking work (a Whisper

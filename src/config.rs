@@ -46,6 +46,24 @@ pub struct Config {
     pub jitter: JitterSection,
     /// `[stt_serve]`
     pub stt_serve: SttServeConfig,
+    /// `[store]`
+    pub store: StoreSection,
+    /// `[keys]`
+    pub keys: KeysSection,
+    /// `[azure]`
+    pub azure: AzureSection,
+    /// `[queue]`
+    pub queue: QueueSection,
+    /// `[tenants]`
+    pub tenants: TenantsSection,
+    /// `[serve]`
+    pub serve: ServeSection,
+    /// `[worker]`
+    pub worker: WorkerSection,
+    /// `[webhooks]`
+    pub webhooks: WebhooksSection,
+    /// `[urls]`
+    pub urls: UrlsSection,
     /// `[log]`
     pub log: LogConfig,
 }
@@ -116,7 +134,7 @@ pub struct RecordingSection {
 }
 
 /// Which STT provider.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SttKind {
     /// Whisper in-process.
@@ -286,6 +304,160 @@ pub struct SttServeConfig {
     pub max_concurrency: usize,
 }
 
+/// Where transcripts are committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreKind {
+    /// `paths.transcripts_dir`.
+    Local,
+    /// Azure Blob Storage, a container per tenant.
+    AzureBlob,
+}
+
+/// `[store]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    /// `local` or `azure_blob`.
+    pub kind: StoreKind,
+    /// Container-name prefix (azure_blob).
+    pub container_prefix: String,
+    /// Default transcript retention.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+}
+
+/// Who wraps recording keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeysKind {
+    /// `paths.key_file`.
+    Local,
+    /// An RSA key in Azure Key Vault.
+    AzureKeyvault,
+}
+
+/// `[keys]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysSection {
+    /// `local` or `azure_keyvault`.
+    pub provider: KeysKind,
+    /// Key Vault URL, e.g. `https://myvault.vault.azure.net`.
+    pub vault_url: String,
+    /// Key name in the vault.
+    pub key_name: String,
+}
+
+/// `[azure]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AzureSection {
+    /// `workload_identity`, `managed_identity` or `sas`.
+    pub auth: crate::azure::AuthKind,
+    /// User-assigned managed identity client id (managed_identity).
+    pub managed_identity_client_id: String,
+    /// Blob service URL.
+    pub blob_url: String,
+    /// Queue service URL.
+    pub queue_url: String,
+    /// Table service URL.
+    pub table_url: String,
+    /// Account SAS (auth = "sas").
+    pub storage_sas: Secret<String>,
+    /// Extra trusted CA certificates (PEM file).
+    pub ca_file: PathBuf,
+}
+
+/// `[queue]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSection {
+    /// Job queue name.
+    pub name: String,
+    /// Where jobs go after `max_attempts`.
+    pub poison_name: String,
+    /// Attempts before a job is parked.
+    pub max_attempts: u32,
+    /// Visibility timeout of a taken job, renewed at a third.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// Bot records table.
+    pub table: String,
+    /// How long `meetbot worker` waits for a job.
+    #[serde(with = "humantime_serde")]
+    pub wait: Duration,
+}
+
+/// `[tenants]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantsSection {
+    /// The tenants file (tokens, retention, webhook secrets).
+    pub file: PathBuf,
+}
+
+/// `[serve]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeSection {
+    /// Listen address.
+    pub listen: String,
+    /// Largest request body, bytes.
+    pub max_body_bytes: usize,
+    /// Bots listed per `GET /v1/bots` page at most.
+    pub max_list: usize,
+}
+
+/// `[worker]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSection {
+    /// Health/metrics listen address while in a meeting ("" = off).
+    pub listen: String,
+    /// How often the worker checks its bot record for a stop request.
+    #[serde(with = "humantime_serde")]
+    pub stop_poll: Duration,
+}
+
+/// `[webhooks]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhooksSection {
+    /// Per-attempt timeout.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Delays before each attempt (Standard Webhooks' schedule).
+    #[serde(with = "humantime_serde_vec")]
+    pub schedule: Vec<Duration>,
+    /// How long a finishing worker waits for deliveries still being retried.
+    #[serde(with = "humantime_serde")]
+    pub drain: Duration,
+}
+
+/// `[urls]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UrlsSection {
+    /// Private networks (CIDR) and host names meetings and webhooks may use anyway.
+    pub allow: Vec<String>,
+    /// Accept `replay:` meeting URLs in jobs (local testing only).
+    pub allow_replay: bool,
+}
+
+mod humantime_serde_vec {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+        let raw: Vec<String> = Vec::deserialize(d)?;
+        raw.iter()
+            .map(|s| humantime::parse_duration(s.trim()).map_err(serde::de::Error::custom))
+            .collect()
+    }
+}
+
 /// `[log]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -423,6 +595,7 @@ impl Config {
         if self.stt_serve.max_concurrency == 0 || self.stt_serve.max_concurrency > 64 {
             return bad("stt_serve.max_concurrency", "must be between 1 and 64");
         }
+        self.validate_fleet()?;
         if !valid_log_filter(&self.log.level) {
             return bad(
                 "log.level",
@@ -436,6 +609,89 @@ impl Config {
                 "recording.max_age",
                 "must exceed auto_leave.max_duration plus lifecycle.grace, or long meetings would end at max_age",
             );
+        }
+        Ok(())
+    }
+
+    fn validate_fleet(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: &str| Err(ConfigError(format!("{key}: {why}")));
+        if let Err(e) = crate::azure::blob_store::validate_prefix(&self.store.container_prefix) {
+            return Err(ConfigError(e));
+        }
+        if self.store.retention < Duration::from_secs(60) {
+            return bad("store.retention", "must be at least 1m");
+        }
+        if self.keys.provider == KeysKind::AzureKeyvault
+            && (self.keys.vault_url.trim().is_empty() || self.keys.key_name.trim().is_empty())
+        {
+            return bad(
+                "keys.vault_url",
+                "keys.vault_url and keys.key_name are required when keys.provider = \"azure_keyvault\"",
+            );
+        }
+        let q = &self.queue;
+        for (key, name) in [
+            ("queue.name", &q.name),
+            ("queue.poison_name", &q.poison_name),
+        ] {
+            let ok = (3..=63).contains(&name.len())
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && !name.starts_with('-')
+                && !name.ends_with('-')
+                && !name.contains("--");
+            if !ok {
+                return bad(
+                    key,
+                    "must be 3-63 characters of a-z 0-9 - (no leading, trailing or doubled -)",
+                );
+            }
+        }
+        if q.name == q.poison_name {
+            return bad("queue.poison_name", "must differ from queue.name");
+        }
+        let t = &q.table;
+        if !(3..=63).contains(&t.len())
+            || !t.chars().all(|c| c.is_ascii_alphanumeric())
+            || !t.starts_with(|c: char| c.is_ascii_alphabetic())
+        {
+            return bad(
+                "queue.table",
+                "must be 3-63 letters and digits, starting with a letter",
+            );
+        }
+        if !(1..=100).contains(&q.max_attempts) {
+            return bad("queue.max_attempts", "must be between 1 and 100");
+        }
+        if q.lease < Duration::from_secs(30) || q.lease > crate::azure::queue::MAX_VISIBILITY {
+            return bad("queue.lease", "must be between 30s and 7days");
+        }
+        if self.serve.listen.parse::<std::net::SocketAddr>().is_err() {
+            return bad("serve.listen", "must be an address like 0.0.0.0:8080");
+        }
+        if !(1024..=1024 * 1024).contains(&self.serve.max_body_bytes) {
+            return bad("serve.max_body_bytes", "must be between 1024 and 1048576");
+        }
+        if !(1..=1000).contains(&self.serve.max_list) {
+            return bad("serve.max_list", "must be between 1 and 1000");
+        }
+        if !self.worker.listen.is_empty()
+            && self.worker.listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return bad(
+                "worker.listen",
+                "must be an address like 0.0.0.0:9090, or \"\" for none",
+            );
+        }
+        if self.worker.stop_poll < Duration::from_millis(100) {
+            return bad("worker.stop_poll", "must be at least 100ms");
+        }
+        if self.webhooks.timeout < Duration::from_secs(1) {
+            return bad("webhooks.timeout", "must be at least 1s");
+        }
+        if self.webhooks.schedule.is_empty() || self.webhooks.schedule.len() > 20 {
+            return bad("webhooks.schedule", "needs 1-20 delays");
         }
         Ok(())
     }

@@ -13,6 +13,7 @@ pub mod bot;
 pub mod cli;
 pub mod config;
 pub mod core;
+pub mod fleet;
 pub mod pii;
 pub mod platform;
 pub mod recording;

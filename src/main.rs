@@ -14,7 +14,7 @@ fn main() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("meetbot: {e}");
-            if matches!(cli.command, Command::Join(_)) {
+            if matches!(cli.command, Command::Join(_) | Command::Worker(_)) {
                 // Machine readers of `join` get a final status line too.
                 println!(
                     "{}",
@@ -29,7 +29,7 @@ fn main() {
     // cross-thread wake-ups (futex, context switches) a pool costs per packet.
     // Whisper and file I/O go to the blocking pool either way.
     let builder = match &cli.command {
-        Command::Join(_) => tokio::runtime::Builder::new_current_thread(),
+        Command::Join(_) | Command::Worker(_) => tokio::runtime::Builder::new_current_thread(),
         _ => {
             let mut b = tokio::runtime::Builder::new_multi_thread();
             b.worker_threads(2);
@@ -55,6 +55,17 @@ fn main() {
         Command::Audit {
             command: AuditCommand::Verify { log },
         } => cli::audit_verify(&cfg, log),
+        Command::Worker(args) => runtime.block_on(cli::worker(cfg, args)),
+        Command::Serve => match runtime.block_on(meetbot::fleet::api::serve_cmd(cfg)) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("meetbot serve: {e:#}");
+                1
+            }
+        },
+        Command::Sweep(args) => {
+            runtime.block_on(meetbot::fleet::sweep::sweep_cmd(cfg, args.dry_run))
+        }
         Command::Bench(args) => match runtime.block_on(meetbot::benchcmd::run(cfg, args)) {
             Ok(()) => 0,
             Err(e) => {

@@ -3,6 +3,8 @@
 //! plaintext scans.
 #![allow(dead_code)]
 
+pub mod azurite;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

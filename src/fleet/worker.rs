@@ -1,0 +1,763 @@
+//! `meetbot worker`: take exactly one job, run its meeting, report every
+//! status change, finish the job.
+//!
+//! Sources, first match wins: `--job-file`, `MEETBOT_JOB` (JSON), else the
+//! Azure Storage Queue `queue.name`. A queued job is leased (invisible to
+//! other workers) and the lease renewed every third of `queue.lease` while
+//! the meeting runs; it is deleted when the run ends (done or fatal: the
+//! outcome is recorded either way). If the worker dies, the job reappears
+//! after the lease and the next worker retries it; after `queue.max_attempts`
+//! receipts it is parked in `queue.poison_name` instead.
+//!
+//! Every status line goes to stdout at once and, in order, to the bot record
+//! (Table Storage), the tenant's container (the deletion receipt) and the
+//! job's webhook. A job whose record is already final (a redelivery after the
+//! worker finished but before it deleted the message) is not run again.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde_json::json;
+use tokio::sync::{mpsc, Mutex};
+use tracing::{error, info, warn};
+
+use super::job::Job;
+use super::metrics::Metrics;
+use super::records::{Records, Update};
+use super::AzureEnv;
+use crate::azure::blob_store::BlobStore;
+use crate::azure::queue::{JobQueue, Leased};
+use crate::bot::{self, JoinRequest};
+use crate::config::{Config, StoreKind};
+use crate::pii::Pii;
+use crate::status::{self, StatusLine};
+use crate::store::local::LocalDirStore;
+use crate::store::TranscriptStore;
+
+/// Where the job comes from.
+#[derive(Debug)]
+pub enum JobSource {
+    /// `--job-file`.
+    File(PathBuf),
+    /// `MEETBOT_JOB`.
+    Env(String),
+    /// The queue.
+    Queue,
+}
+
+/// Exit codes: 0 done (or nothing to do), 1 fatal, 2 bad job or configuration.
+pub const EXIT_FATAL: i32 = 1;
+/// See [`EXIT_FATAL`].
+pub const EXIT_USAGE: i32 = 2;
+
+/// Shared state the health server reads.
+#[derive(Debug, Default)]
+pub struct WorkerState {
+    /// Current status (empty until a job is taken).
+    pub status: std::sync::Mutex<String>,
+    /// Metrics.
+    pub metrics: Metrics,
+}
+
+impl WorkerState {
+    fn set_status(&self, s: &str) {
+        *self.status.lock().unwrap_or_else(|p| p.into_inner()) = s.to_string();
+        self.metrics.set_only(
+            "meetbot_worker_status",
+            "The worker's current bot status (1 for the current one).",
+            &[("status", s)],
+            1.0,
+        );
+        self.metrics.inc(
+            "meetbot_worker_status_changes_total",
+            "Status changes reported by this worker.",
+            &[("status", s)],
+            1.0,
+        );
+    }
+}
+
+fn skipped(reason: &str, job: Option<&Job>) {
+    // A worker-only line: the job was not run by this worker.
+    let line = json!({
+        "status": "skipped",
+        "at": status::now_rfc3339(),
+        "reason": reason,
+        "tenant": job.map(|j| j.tenant.as_str()),
+        "meeting_id": job.map(|j| j.meeting_id.as_str()),
+        "bot_id": job.map(|j| j.bot_id()),
+    });
+    println!("{line}");
+}
+
+fn fatal_line(job: Option<&Job>, reason: String) -> StatusLine {
+    StatusLine {
+        status: "fatal",
+        at: status::now_rfc3339(),
+        meeting_id: job.map(|j| j.meeting_id.clone()).unwrap_or_default(),
+        tenant: job.map(|j| j.tenant.clone()).unwrap_or_default(),
+        recording_id: None,
+        reason: Some(reason),
+        transcript: None,
+        receipt: None,
+    }
+}
+
+/// Runs `meetbot worker`. Returns the exit code.
+pub async fn run(mut cfg: Config, source: JobSource) -> i32 {
+    let (stop_tx, stop_rx) = mpsc::channel(8);
+    crate::cli::forward_signals(stop_tx.clone());
+    let state = Arc::new(WorkerState::default());
+    let health = if cfg.worker.listen.is_empty() {
+        None
+    } else {
+        match tokio::net::TcpListener::bind(&cfg.worker.listen).await {
+            Ok(l) => Some(tokio::spawn(serve_health(l, state.clone()))),
+            Err(e) => {
+                status::print(&fatal_line(
+                    None,
+                    format!("worker.listen {}: {e}", cfg.worker.listen),
+                ));
+                return EXIT_USAGE;
+            }
+        }
+    };
+    let code = run_inner(&mut cfg, source, state, stop_tx, stop_rx).await;
+    if let Some(h) = health {
+        h.abort();
+    }
+    code
+}
+
+async fn run_inner(
+    cfg: &mut Config,
+    source: JobSource,
+    state: Arc<WorkerState>,
+    stop_tx: mpsc::Sender<()>,
+    mut stop_rx: mpsc::Receiver<()>,
+) -> i32 {
+    let uses_azure = matches!(source, JobSource::Queue)
+        || cfg.store.kind == StoreKind::AzureBlob
+        || !cfg.azure.table_url.trim().is_empty();
+    let azure = if uses_azure {
+        match AzureEnv::from_config(cfg) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                status::print(&fatal_line(None, e.to_string()));
+                return EXIT_USAGE;
+            }
+        }
+    } else {
+        None
+    };
+    let records = match (&azure, cfg.azure.table_url.trim().is_empty()) {
+        (Some(az), false) => match az.records(cfg) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                status::print(&fatal_line(None, e.to_string()));
+                return EXIT_USAGE;
+            }
+        },
+        _ => None,
+    };
+    let tenants = if cfg.tenants.file.as_os_str().is_empty() {
+        super::tenants::Tenants::default()
+    } else {
+        match super::tenants::Tenants::load(&cfg.tenants.file) {
+            Ok(t) => t,
+            Err(e) => {
+                status::print(&fatal_line(None, e));
+                return EXIT_USAGE;
+            }
+        }
+    };
+
+    // 1. Take the job.
+    let mut lease: Option<(JobQueue, Leased)> = None;
+    let text = match source {
+        JobSource::File(path) => match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) => {
+                status::print(&fatal_line(
+                    None,
+                    format!("--job-file {}: {e}", path.display()),
+                ));
+                return EXIT_USAGE;
+            }
+        },
+        JobSource::Env(s) => s.into_bytes(),
+        JobSource::Queue => {
+            let Some(az) = &azure else {
+                unreachable!("queue source implies azure")
+            };
+            let q = match az.queue(cfg, &cfg.queue.name) {
+                Ok(q) => q,
+                Err(e) => {
+                    status::print(&fatal_line(None, e.to_string()));
+                    return EXIT_USAGE;
+                }
+            };
+            match take_one(&q, cfg.queue.lease, cfg.queue.wait, &mut stop_rx).await {
+                Ok(Some(m)) => {
+                    let t = m.text.clone().into_bytes();
+                    lease = Some((q, m));
+                    t
+                }
+                Ok(None) => {
+                    skipped("no job in the queue", None);
+                    return 0;
+                }
+                Err(e) => {
+                    status::print(&fatal_line(None, format!("taking a job: {e}")));
+                    return EXIT_FATAL;
+                }
+            }
+        }
+    };
+    if let Some((_, m)) = &lease {
+        info!(message_id = %m.id, dequeue_count = m.dequeue_count, "Took a job from the queue.");
+    }
+
+    // 2. Parse. A job that cannot be parsed never will be: park it.
+    let job = match Job::parse(&text) {
+        Ok(j) => j,
+        Err(e) => {
+            if let Some((q, m)) = &lease {
+                park(cfg, azure.as_ref(), q, m, "invalid job").await;
+            }
+            status::print(&fatal_line(None, format!("invalid job: {e}")));
+            return EXIT_USAGE;
+        }
+    };
+    let tenant_cfg = tenants.get(&job.tenant).cloned();
+    let reporter_ctx = ReporterCtx {
+        records: records.clone(),
+        job: job.clone(),
+        state: state.clone(),
+        webhook_transcript: tenant_cfg.as_ref().is_some_and(|t| t.webhook_transcript),
+        receipts: None,
+    };
+
+    // 3. Too many attempts: park.
+    if let Some((q, m)) = &lease {
+        if m.dequeue_count > cfg.queue.max_attempts {
+            let reason = format!(
+                "gave up after {} attempts (worker crashed or was evicted each time); job parked in {}",
+                cfg.queue.max_attempts, cfg.queue.poison_name
+            );
+            park(cfg, azure.as_ref(), q, m, "too many attempts").await;
+            let mut r = Reporter::start(reporter_ctx);
+            r.send(fatal_line(Some(&job), reason.clone()));
+            r.finish(Duration::from_secs(10)).await;
+            status::print(&fatal_line(Some(&job), reason));
+            return EXIT_FATAL;
+        }
+    }
+
+    // 4. The bot record: never run a finished job twice; honour a stop
+    //    requested before we started.
+    if let Some(rec) = &records {
+        match claim(rec, &job, lease.as_ref().map(|(_, m)| m.dequeue_count)).await {
+            Ok(Claim::Run) => {}
+            Ok(Claim::AlreadyFinished(status)) => {
+                if let Some((q, m)) = &lease {
+                    delete_job(q, m).await;
+                }
+                skipped(
+                    &format!("bot already finished ({status}); redelivered job not run again"),
+                    Some(&job),
+                );
+                return 0;
+            }
+            Ok(Claim::Cancelled) => {
+                if let Some((q, m)) = &lease {
+                    delete_job(q, m).await;
+                }
+                let mut r = Reporter::start(reporter_ctx);
+                let mut line = fatal_line(
+                    Some(&job),
+                    "stopped before joining (DELETE /v1/bots)".into(),
+                );
+                line.status = "cancelled";
+                r.send(line.clone());
+                r.finish(Duration::from_secs(10)).await;
+                status::print(&line);
+                return 0;
+            }
+            Err(e) => {
+                // The lease lapses and the job is retried.
+                status::print(&fatal_line(Some(&job), format!("bot record: {e}")));
+                return EXIT_FATAL;
+            }
+        }
+    }
+    let mut reporter = Reporter::start(reporter_ctx);
+    let fail = |reporter: &mut Reporter, reason: String| {
+        let line = fatal_line(Some(&job), reason);
+        status::print(&line);
+        reporter.send(line);
+    };
+
+    // 5. Not before join_at.
+    if let Some(at) = job.join_at_time() {
+        if let Ok(wait) = at.duration_since(SystemTime::now()) {
+            if let (Some((q, m)), true) = (&mut lease, wait > Duration::from_secs(60)) {
+                // Delivered early (clock skew, or a schedule beyond the
+                // queue's 7-day limit): hide it again until join_at.
+                let wait = wait.min(crate::azure::queue::MAX_VISIBILITY);
+                match q.renew(m, wait).await {
+                    Ok(()) => {
+                        skipped(
+                            "join_at is in the future; job hidden until then",
+                            Some(&job),
+                        );
+                        reporter.finish(Duration::from_secs(5)).await;
+                        return 0;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "Could not defer an early job; waiting in the worker.")
+                    }
+                }
+            }
+            info!(wait_s = wait.as_secs(), "Waiting for join_at.");
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop_rx.recv() => {
+                    let mut line = fatal_line(Some(&job), "stopped before joining".into());
+                    line.status = "cancelled";
+                    status::print(&line);
+                    reporter.send(line);
+                    reporter.finish(cfg.webhooks.drain).await;
+                    if let Some((q, m)) = &lease { delete_job(q, m).await; }
+                    return 0;
+                }
+            }
+        }
+    }
+
+    // 6. Settings for this job.
+    if let Some(stt) = &job.stt {
+        if let Some(p) = stt.provider {
+            cfg.stt.provider = p;
+        }
+        if let Some(l) = &stt.language {
+            cfg.stt.language = l.clone();
+        }
+    }
+    if let Some(n) = &job.bot_name {
+        cfg.bot.name = n.clone();
+    }
+    let retention = job
+        .retention_days
+        .map(|d| Duration::from_secs(u64::from(d) * 86_400))
+        .or(tenant_cfg.as_ref().and_then(|t| t.retention))
+        .unwrap_or(cfg.store.retention);
+    let setup = async {
+        cfg.validate().map_err(|e| e.to_string())?;
+        check_meeting_url(cfg, &job).await?;
+        let blob = match (cfg.store.kind, &azure) {
+            (StoreKind::AzureBlob, Some(az)) => Some(
+                az.blob_store(cfg)
+                    .map_err(|e| e.to_string())?
+                    .with_retention(retention),
+            ),
+            _ => None,
+        };
+        let store: Arc<dyn TranscriptStore> = match &blob {
+            Some(b) => Arc::new(b.clone()),
+            None => Arc::new(LocalDirStore::new(cfg.paths.transcripts_dir())),
+        };
+        let keys = super::build_keys(cfg, azure.as_ref()).await?;
+        let comps = crate::cli::prepare(cfg, store, keys)?;
+        let platform = crate::platform::open(
+            &Pii::new(job.meeting_url.clone()),
+            &cfg.bot.name,
+            &cfg.platform(),
+        )
+        .map_err(|e| e.to_string())?;
+        Ok::<_, String>((comps, platform, blob))
+    };
+    let (comps, platform, blob) = match setup.await {
+        Ok(x) => x,
+        Err(e) => {
+            fail(&mut reporter, e);
+            reporter.finish(cfg.webhooks.drain).await;
+            if let Some((q, m)) = &lease {
+                delete_job(q, m).await;
+            }
+            return EXIT_FATAL;
+        }
+    };
+    reporter.set_receipts(blob);
+
+    // 7. Keep the lease and watch for a stop request while the meeting runs.
+    let lease = lease.map(|(q, m)| (q, Arc::new(Mutex::new(m))));
+    let renewer = lease.as_ref().map(|(q, m)| {
+        let (q, m, every, len) = (q.clone(), m.clone(), cfg.queue.lease / 3, cfg.queue.lease);
+        let state = state.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let mut guard = m.lock().await;
+                match q.renew(&mut guard, len).await {
+                    Ok(()) => state.metrics.inc("meetbot_worker_lease_renewals_total", "Job lease renewals.", &[("result", "ok")], 1.0),
+                    Err(e) => {
+                        state.metrics.inc("meetbot_worker_lease_renewals_total", "Job lease renewals.", &[("result", "error")], 1.0);
+                        warn!(error = %e, "Could not renew the job lease; retrying at the next interval.");
+                    }
+                }
+            }
+        })
+    });
+    let stopper = records.clone().map(|rec| {
+        let (tenant, bot_id, every) = (
+            job.tenant.clone(),
+            job.bot_id().to_string(),
+            cfg.worker.stop_poll,
+        );
+        let tx = stop_tx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if let Ok(Some(r)) = rec.get(&tenant, &bot_id).await {
+                    if r.stop_requested {
+                        info!("Stop requested through the API; leaving.");
+                        let _ = tx.send(()).await;
+                        return;
+                    }
+                }
+            }
+        })
+    });
+
+    // 8. The meeting.
+    let req = JoinRequest {
+        tenant: job.tenant.clone(),
+        meeting_id: job.meeting_id.clone(),
+        bot_name: cfg.bot.name.clone(),
+        language: cfg.stt.language.clone(),
+    };
+    let mut emit = |l: &StatusLine| {
+        status::print(l);
+        reporter.send(l.clone());
+    };
+    let outcome = bot::run(req, comps, platform, stop_rx, &mut emit).await;
+
+    // 9. Finish: report everything, then release the job.
+    if let Some(h) = stopper {
+        h.abort();
+    }
+    reporter.finish(cfg.webhooks.drain).await;
+    if let Some(h) = renewer {
+        h.abort();
+    }
+    if let Some((q, m)) = &lease {
+        let m = m.lock().await;
+        delete_job(q, &m).await;
+    }
+    if outcome.success {
+        0
+    } else {
+        EXIT_FATAL
+    }
+}
+
+/// Meeting URLs from jobs: `replay:` only when `urls.allow_replay`.
+async fn check_meeting_url(cfg: &Config, job: &Job) -> Result<(), String> {
+    let url = job.meeting_url.trim();
+    if url.starts_with("replay:") {
+        return if cfg.urls.allow_replay {
+            Ok(())
+        } else {
+            Err("meeting_url: replay: URLs are disabled (urls.allow_replay)".into())
+        };
+    }
+    Ok(())
+}
+
+async fn take_one(
+    q: &JobQueue,
+    lease: Duration,
+    wait: Duration,
+    stop: &mut mpsc::Receiver<()>,
+) -> Result<Option<Leased>, crate::azure::queue::QueueError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        match q.receive(lease).await {
+            Ok(Some(m)) => return Ok(Some(m)),
+            Ok(None) => {}
+            Err(e) if e.is_transient() => warn!(error = %e, "Queue unavailable; retrying."),
+            Err(e) => return Err(e),
+        }
+        if tokio::time::Instant::now() + backoff > deadline {
+            return Ok(None);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.recv() => return Ok(None),
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn delete_job(q: &JobQueue, m: &Leased) {
+    for attempt in 0..5u32 {
+        match q.delete(m).await {
+            Ok(()) => {
+                info!(message_id = %m.id, "Job finished and removed from the queue.");
+                return;
+            }
+            Err(e) if e.is_transient() && attempt < 4 => {
+                tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
+            }
+            Err(e) => {
+                // The job reappears after the lease; its record is final, so
+                // the next worker only deletes it.
+                warn!(error = %e, "Could not delete the finished job; it will be redelivered and skipped.");
+                return;
+            }
+        }
+    }
+}
+
+async fn park(cfg: &Config, azure: Option<&AzureEnv>, q: &JobQueue, m: &Leased, why: &str) {
+    let Some(az) = azure else { return };
+    let poison = match az.queue(cfg, &cfg.queue.poison_name) {
+        Ok(p) => p,
+        Err(e) => {
+            error!(error = %e, "Cannot reach the poison queue.");
+            return;
+        }
+    };
+    let _ = poison.create_if_missing().await;
+    match poison.send(&m.text, Duration::ZERO).await {
+        Ok(_) => {
+            warn!(message_id = %m.id, reason = why, "Parked a job in the poison queue.");
+            delete_job(q, m).await;
+        }
+        Err(e) => error!(error = %e, "Could not park a job; it stays in the queue."),
+    }
+}
+
+enum Claim {
+    Run,
+    AlreadyFinished(String),
+    Cancelled,
+}
+
+async fn claim(rec: &Records, job: &Job, attempts: Option<u32>) -> Result<Claim, String> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let r = async {
+            rec.ensure_table().await?;
+            match rec.get(&job.tenant, job.bot_id()).await? {
+                Some(r) if r.is_terminal() => return Ok(Claim::AlreadyFinished(r.status)),
+                Some(r) if r.stop_requested => return Ok(Claim::Cancelled),
+                Some(_) => {}
+                None => match rec
+                    .create(
+                        &job.tenant,
+                        job.bot_id(),
+                        &job.meeting_id,
+                        "queued",
+                        job.join_at.as_deref(),
+                    )
+                    .await
+                {
+                    Ok(()) | Err(crate::azure::table::TableError::AlreadyExists) => {}
+                    Err(e) => return Err(e),
+                },
+            }
+            if let Some(n) = attempts {
+                rec.update(
+                    &job.tenant,
+                    job.bot_id(),
+                    &Update {
+                        attempts: Some(n),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            }
+            Ok(Claim::Run)
+        }
+        .await;
+        match r {
+            Ok(c) => return Ok(c),
+            Err(e) if e.is_transient() && tries < 4 => {
+                tokio::time::sleep(Duration::from_secs(1 << tries)).await;
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+struct ReporterCtx {
+    records: Option<Records>,
+    job: Job,
+    state: Arc<WorkerState>,
+    #[allow(dead_code)]
+    webhook_transcript: bool,
+    receipts: Option<BlobStore>,
+}
+
+/// Carries status lines, in order, to the bot record, the receipt blob and
+/// the webhook, off the bot's path.
+struct Reporter {
+    tx: Option<mpsc::UnboundedSender<ReporterMsg>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+enum ReporterMsg {
+    Line(Box<StatusLine>),
+    Receipts(Option<BlobStore>),
+}
+
+impl Reporter {
+    fn start(ctx: ReporterCtx) -> Reporter {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(report_loop(ctx, rx));
+        Reporter {
+            tx: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    fn send(&mut self, line: StatusLine) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(ReporterMsg::Line(Box::new(line)));
+        }
+    }
+
+    fn set_receipts(&mut self, store: Option<BlobStore>) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(ReporterMsg::Receipts(store));
+        }
+    }
+
+    /// Waits for everything sent to be reported, at most `limit`.
+    async fn finish(&mut self, limit: Duration) {
+        self.tx.take();
+        if let Some(task) = self.task.take() {
+            if tokio::time::timeout(limit, task).await.is_err() {
+                warn!("Reporting did not finish in time; some status updates may be missing.");
+            }
+        }
+    }
+}
+
+async fn retry<T, E: std::fmt::Display, F, Fut>(what: &str, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    for attempt in 0..4u32 {
+        match f().await {
+            Ok(v) => return Some(v),
+            Err(e) if attempt < 3 => {
+                warn!(error = %e, "{what} failed; retrying.");
+                tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
+            }
+            Err(e) => error!(error = %e, "{what} failed; giving up."),
+        }
+    }
+    None
+}
+
+async fn report_loop(mut ctx: ReporterCtx, mut rx: mpsc::UnboundedReceiver<ReporterMsg>) {
+    while let Some(msg) = rx.recv().await {
+        let line = match msg {
+            ReporterMsg::Receipts(s) => {
+                ctx.receipts = s;
+                continue;
+            }
+            ReporterMsg::Line(l) => *l,
+        };
+        ctx.state.set_status(line.status);
+        let mut receipt_json = line
+            .receipt
+            .as_ref()
+            .map(|r| serde_json::to_value(r).unwrap_or_default());
+        // The receipt goes to the tenant's container before anyone is told
+        // the recording is deleted.
+        if let (Some(store), Some(r), Some(rid)) =
+            (&ctx.receipts, &line.receipt, &line.recording_id)
+        {
+            let body = serde_json::to_vec_pretty(r).unwrap_or_default();
+            if let Some(loc) = retry("Storing the deletion receipt", || {
+                store.put_receipt(&ctx.job.tenant, rid, &body)
+            })
+            .await
+            {
+                if let Some(serde_json::Value::Object(o)) = &mut receipt_json {
+                    o.insert("location".into(), loc.into());
+                }
+            }
+        }
+        if let Some(rec) = &ctx.records {
+            let u = Update {
+                status: Some(line.status.to_string()),
+                reason: line.reason.clone(),
+                recording_id: line.recording_id.clone(),
+                transcript: line
+                    .transcript
+                    .as_ref()
+                    .map(|t| serde_json::to_value(t).unwrap_or_default()),
+                receipt: receipt_json.clone(),
+                ..Default::default()
+            };
+            let (tenant, bot_id) = (ctx.job.tenant.clone(), ctx.job.bot_id().to_string());
+            retry("Updating the bot record", || {
+                rec.update(&tenant, &bot_id, &u)
+            })
+            .await;
+        }
+    }
+}
+
+async fn serve_health(listener: tokio::net::TcpListener, state: Arc<WorkerState>) {
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    let s1 = state.clone();
+    let s2 = state.clone();
+    let app = axum::Router::new()
+        .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
+        .route(
+            "/readyz",
+            get(move || {
+                let s = s1.clone();
+                async move {
+                    let st = s.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                    if st.is_empty() || super::records::TERMINAL.contains(&st.as_str()) {
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("not in a meeting ({st})\n"),
+                        )
+                    } else {
+                        (StatusCode::OK, format!("{st}\n"))
+                    }
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let s = s2.clone();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            super::metrics::CONTENT_TYPE,
+                        )],
+                        s.metrics.render(),
+                    )
+                }
+            }),
+        );
+    if let Err(e) = axum::serve(listener, app).await {
+        warn!(error = %e, "Health server stopped.");
+    }
+}
