@@ -12,6 +12,7 @@ pub mod bot;
 pub mod cli;
 pub mod config;
 pub mod core;
+pub mod netguard;
 pub mod pii;
 pub mod platform;
 pub mod recording;
