@@ -20,3 +20,4 @@ pub mod status;
 pub mod store;
 pub mod stt;
 pub mod transcript;
+pub mod webhook;
