@@ -505,6 +505,10 @@ impl UrlPolicy {
             JanusUrlError::UserInfo => UrlError::UserInfo,
             JanusUrlError::NoHost => UrlError::NoHost,
             JanusUrlError::Syntax(s) => UrlError::Syntax(s),
+            // The Janus parser names the unknown key; a mangled `pin…` key can hold the PIN.
+            JanusUrlError::UnknownQueryKey(_) => UrlError::Syntax(
+                "unknown query parameter in Janus URL (only pin is allowed)".into(),
+            ),
             other => UrlError::Syntax(other.to_string()),
         })?;
         // The Janus parser rebuilt the URL with the `ws`/`wss` scheme, so the host went through
