@@ -170,7 +170,7 @@ fn now_secs() -> i64 {
 fn assert_signed(s: &Seen) {
     let key = WebhookSecret::parse(SECRET).unwrap();
     verify(
-        &[key.clone()],
+        std::slice::from_ref(&key),
         &s.id,
         &s.ts,
         &s.sig,

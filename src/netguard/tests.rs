@@ -587,7 +587,8 @@ fn debug_redacts_urls_hosts_and_addresses() {
 
 #[test]
 fn legacy_ipv4_forms() {
-    let cases: &[(&str, Option<Result<[u8; 4], ()>>)] = &[
+    type Parsed = Option<Result<[u8; 4], ()>>;
+    let cases: &[(&str, Parsed)] = &[
         ("127.0.0.1", Some(Ok([127, 0, 0, 1]))),
         ("127.1", Some(Ok([127, 0, 0, 1]))),
         ("127.0.1", Some(Ok([127, 0, 0, 1]))),
