@@ -63,3 +63,24 @@ install_azurite() {
   fi
   [ -f "$MEETBOT_AZURITE" ] || die "Azurite missing after npm install: $MEETBOT_AZURITE"
 }
+
+# The Python venv holding the independent Standard Webhooks verifier (PyPI `standardwebhooks`)
+# that tests/webhook_python.rs runs as a receiver. Tests find it through MEETBOT_PYENV.
+export MEETBOT_PYENV="${MEETBOT_PYENV:-${XDG_CACHE_HOME:-$HOME/.cache}/meetbot/pyenv}"
+STANDARDWEBHOOKS_VERSION="1.1.0"
+
+# Creates (or updates) $MEETBOT_PYENV with standardwebhooks pinned; a no-op when it is there.
+install_webhook_verifier() {
+  if "$MEETBOT_PYENV/bin/python" -c "import standardwebhooks, importlib.metadata as m; assert m.version('standardwebhooks') == '$STANDARDWEBHOOKS_VERSION'" 2>/dev/null; then
+    return 0
+  fi
+  command -v python3 >/dev/null || apt_install_missing python3
+  python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install_missing python3-venv
+  log "creating the webhook verifier venv in $MEETBOT_PYENV (standardwebhooks==$STANDARDWEBHOOKS_VERSION)"
+  mkdir -p "$(dirname "$MEETBOT_PYENV")"
+  python3 -m venv "$MEETBOT_PYENV"
+  "$MEETBOT_PYENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+    "standardwebhooks==$STANDARDWEBHOOKS_VERSION"
+  "$MEETBOT_PYENV/bin/python" -c "import standardwebhooks" \
+    || die "standardwebhooks is not importable from $MEETBOT_PYENV"
+}

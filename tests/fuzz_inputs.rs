@@ -266,3 +266,85 @@ fn transcript_documents() {
         }
     }
 }
+
+#[test]
+fn meeting_and_webhook_urls() {
+    use std::net::IpAddr;
+    use std::sync::Arc;
+    // A test resolver only: fuzzed names must never reach real DNS.
+    let resolver = meetbot::netguard::StaticResolver::new()
+        .with("janus.example.com", &[IpAddr::from([93, 184, 216, 34])])
+        .with("evil.example.com", &[IpAddr::from([10, 0, 0, 5])])
+        .with(
+            "rebind.example.com",
+            &[IpAddr::from([1, 1, 1, 1]), IpAddr::from([127, 0, 0, 1])],
+        );
+    let policy = meetbot::netguard::UrlPolicy::new(&["10.1.0.0/16", "janus.corp.example"])
+        .unwrap()
+        .with_resolver(Arc::new(resolver));
+    let seeds: &[&[u8]] = &[
+        b"janus+wss://janus.example.com/janus-ws/1234?pin=s3cret",
+        b"janus+ws://10.1.2.3:8188/team%20standup",
+        b"janus+ws://[::ffff:127.0.0.1]:8188/1",
+        b"janus+ws://0x7f.1/1",
+        b"https://janus.example.com/hooks?token=abc",
+        b"http://evil.example.com:8080/x",
+        b"https://rebind.example.com./x#f",
+        b"https://user:pw@[fe80::1%25eth0]:0/",
+        b"replay:/etc/passwd",
+    ];
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut rng = Rng::new(7);
+    rt.block_on(async {
+        for i in 0..iters(6000) {
+            let m = mutate(&mut rng, seeds[i % seeds.len()]);
+            let text = String::from_utf8_lossy(&m);
+            for result in [
+                policy.check_meeting_url(&text).await,
+                policy.check_webhook_url(&text).await,
+            ] {
+                match result {
+                    Ok(c) => {
+                        // Whatever passes is pinned to vetted addresses: public or allowed.
+                        assert!(!c.addrs.is_empty(), "{text}");
+                        for a in &c.addrs {
+                            let ip = a.ip();
+                            let internal = ip.is_loopback()
+                                || ip.is_unspecified()
+                                || ip.is_multicast()
+                                || match ip {
+                                    IpAddr::V4(v4) => {
+                                        (v4.is_private() && v4.octets()[..2] != [10, 1])
+                                            || v4.is_link_local()
+                                            || v4.is_broadcast()
+                                    }
+                                    IpAddr::V6(v6) => {
+                                        v6.to_ipv4_mapped().is_some()
+                                            && !v6.to_ipv4_mapped().is_some_and(|v4| {
+                                                !v4.is_private() && !v4.is_loopback()
+                                            })
+                                    }
+                                };
+                            assert!(!internal, "{text} -> {ip}");
+                        }
+                    }
+                    Err(e) => {
+                        let msg = e.to_string();
+                        // The host may be echoed (the caller wrote it), the rest of the URL not.
+                        assert!(!msg.contains("?pin=") && !msg.contains("?token="), "{msg}");
+                        assert!(
+                            !msg.contains("janus-ws/") && !msg.contains("/hooks"),
+                            "{msg}"
+                        );
+                    }
+                }
+            }
+            let _ = meetbot::netguard::parse_legacy_ipv4(&text);
+            let _ = meetbot::webhook::WebhookSecret::parse(&text);
+            let _ = meetbot::webhook::parse_retry_after(&text, std::time::SystemTime::now());
+        }
+    });
+}

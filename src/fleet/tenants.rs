@@ -69,18 +69,6 @@ pub struct Tenants {
     tenants: BTreeMap<String, Tenant>,
 }
 
-// TODO(merge): use crate::webhook::WebhookSecret::parse.
-fn check_webhook_secret(s: &str) -> Result<(), String> {
-    use base64::Engine as _;
-    let raw = base64::engine::general_purpose::STANDARD
-        .decode(s.trim().strip_prefix("whsec_").unwrap_or(s.trim()))
-        .map_err(|_| "must be whsec_ followed by base64".to_string())?;
-    if !(24..=64).contains(&raw.len()) {
-        return Err("must hold 24-64 bytes".into());
-    }
-    Ok(())
-}
-
 /// sha256 of a token, hex (what the tenants file stores).
 pub fn token_hash_hex(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
@@ -115,7 +103,8 @@ impl Tenants {
             for (name, secret) in &t.webhook_secrets {
                 validate_id("webhook secret name", name)
                     .map_err(|e| format!("[tenants.{id}.webhook_secrets]: {e}"))?;
-                check_webhook_secret(secret.expose())
+                crate::webhook::WebhookSecret::parse(secret.expose())
+                    .map(|_| ())
                     .map_err(|e| format!("[tenants.{id}.webhook_secrets] {name}: {e}"))?;
             }
             if let Some(r) = t.retention {
