@@ -430,9 +430,13 @@ pub struct WebhooksSection {
     /// Delays before each attempt (Standard Webhooks' schedule).
     #[serde(with = "humantime_serde_vec")]
     pub schedule: Vec<Duration>,
+    /// Attempts a worker makes itself before leaving a delivery to the outbox.
+    pub in_process_attempts: u32,
     /// How long a finishing worker waits for deliveries still being retried.
     #[serde(with = "humantime_serde")]
     pub drain: Duration,
+    /// Queue of deliveries a worker could not finish; `serve` delivers them.
+    pub outbox_queue: String,
 }
 
 /// `[urls]`
@@ -693,6 +697,12 @@ impl Config {
         if self.webhooks.schedule.is_empty() || self.webhooks.schedule.len() > 20 {
             return bad("webhooks.schedule", "needs 1-20 delays");
         }
+        if self.webhooks.in_process_attempts == 0 {
+            return bad("webhooks.in_process_attempts", "must be at least 1");
+        }
+        if let Err(e) = crate::netguard::UrlPolicy::new(&self.urls.allow) {
+            return bad("urls.allow", &e.to_string());
+        }
         Ok(())
     }
 
@@ -800,6 +810,12 @@ impl Config {
                 publisher_timeout: j.publisher_timeout,
             },
         }
+    }
+
+    /// The URL policy for meeting and webhook URLs from jobs and the API.
+    pub fn url_policy(&self) -> crate::netguard::UrlPolicy {
+        // Validated in `validate`.
+        crate::netguard::UrlPolicy::new(&self.urls.allow).unwrap_or_default()
     }
 
     /// The lifecycle timings.

@@ -337,6 +337,11 @@ impl Delivery {
     }
 }
 
+/// Now, unix milliseconds (the clock `due_unix_ms` uses).
+pub fn unix_ms_now() -> u64 {
+    unix_ms(SystemTime::now())
+}
+
 fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))

@@ -34,6 +34,10 @@ use crate::pii::Pii;
 use crate::status::{self, StatusLine};
 use crate::store::local::LocalDirStore;
 use crate::store::TranscriptStore;
+use crate::webhook::{
+    Delivery, DispatcherOptions, PendingDelivery, Schedule, WebhookDispatcher, WebhookEvent,
+    WebhookSecret, WebhookSender,
+};
 
 /// Where the job comes from.
 #[derive(Debug)]
@@ -231,12 +235,33 @@ async fn run_inner(
         }
     };
     let tenant_cfg = tenants.get(&job.tenant).cloned();
+    let attempt = lease.as_ref().map(|(_, m)| m.dequeue_count).unwrap_or(1);
+    let webhook = match webhook_target(cfg, &job, tenant_cfg.as_ref(), attempt) {
+        Ok(w) => w,
+        Err(e) => {
+            if let Some((q, m)) = &lease {
+                park(cfg, azure.as_ref(), q, m, "invalid webhook settings").await;
+            }
+            status::print(&fatal_line(Some(&job), e));
+            return EXIT_USAGE;
+        }
+    };
+    let outbox = match (&azure, &webhook) {
+        (Some(az), Some(_)) if !cfg.azure.queue_url.trim().is_empty() => {
+            az.queue(cfg, &cfg.webhooks.outbox_queue).ok()
+        }
+        _ => None,
+    };
     let reporter_ctx = ReporterCtx {
         records: records.clone(),
         job: job.clone(),
         state: state.clone(),
         webhook_transcript: tenant_cfg.as_ref().is_some_and(|t| t.webhook_transcript),
         receipts: None,
+        webhook,
+        outbox,
+        drain: cfg.webhooks.drain,
+        seq: 0,
     };
 
     // 3. Too many attempts: park.
@@ -328,7 +353,7 @@ async fn run_inner(
                     line.status = "cancelled";
                     status::print(&line);
                     reporter.send(line);
-                    reporter.finish(cfg.webhooks.drain).await;
+                    reporter.finish(cfg.webhooks.drain + Duration::from_secs(30)).await;
                     if let Some((q, m)) = &lease { delete_job(q, m).await; }
                     return 0;
                 }
@@ -355,7 +380,7 @@ async fn run_inner(
         .unwrap_or(cfg.store.retention);
     let setup = async {
         cfg.validate().map_err(|e| e.to_string())?;
-        check_meeting_url(cfg, &job).await?;
+        check_meeting_url(cfg, &job.meeting_url).await?;
         let blob = match (cfg.store.kind, &azure) {
             (StoreKind::AzureBlob, Some(az)) => Some(
                 az.blob_store(cfg)
@@ -382,7 +407,9 @@ async fn run_inner(
         Ok(x) => x,
         Err(e) => {
             fail(&mut reporter, e);
-            reporter.finish(cfg.webhooks.drain).await;
+            reporter
+                .finish(cfg.webhooks.drain + Duration::from_secs(30))
+                .await;
             if let Some((q, m)) = &lease {
                 delete_job(q, m).await;
             }
@@ -448,7 +475,9 @@ async fn run_inner(
     if let Some(h) = stopper {
         h.abort();
     }
-    reporter.finish(cfg.webhooks.drain).await;
+    reporter
+        .finish(cfg.webhooks.drain + Duration::from_secs(30))
+        .await;
     if let Some(h) = renewer {
         h.abort();
     }
@@ -463,9 +492,11 @@ async fn run_inner(
     }
 }
 
-/// Meeting URLs from jobs: `replay:` only when `urls.allow_replay`.
-async fn check_meeting_url(cfg: &Config, job: &Job) -> Result<(), String> {
-    let url = job.meeting_url.trim();
+/// Meeting URLs from jobs: `replay:` only when `urls.allow_replay`; others
+/// must pass the URL guard (public addresses, or `urls.allow`) — checked again
+/// here, at join time, not only when the job was submitted.
+pub async fn check_meeting_url(cfg: &Config, url: &str) -> Result<(), String> {
+    let url = url.trim();
     if url.starts_with("replay:") {
         return if cfg.urls.allow_replay {
             Ok(())
@@ -473,7 +504,11 @@ async fn check_meeting_url(cfg: &Config, job: &Job) -> Result<(), String> {
             Err("meeting_url: replay: URLs are disabled (urls.allow_replay)".into())
         };
     }
-    Ok(())
+    cfg.url_policy()
+        .check_meeting_url(url)
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("meeting_url: {e}"))
 }
 
 async fn take_one(
@@ -599,9 +634,102 @@ struct ReporterCtx {
     records: Option<Records>,
     job: Job,
     state: Arc<WorkerState>,
-    #[allow(dead_code)]
     webhook_transcript: bool,
     receipts: Option<BlobStore>,
+    webhook: Option<WebhookTarget>,
+    outbox: Option<JobQueue>,
+    drain: Duration,
+    seq: u64,
+}
+
+/// Where and how this job's status changes are POSTed.
+struct WebhookTarget {
+    dispatcher: WebhookDispatcher,
+    url: Pii<String>,
+    secret_ref: String,
+    secrets: Arc<[WebhookSecret]>,
+    /// Message-id stream: bot id and attempt, so ids are stable across
+    /// retries of a message but a rerun of the job sends new messages.
+    stream: String,
+}
+
+fn webhook_target(
+    cfg: &Config,
+    job: &Job,
+    tenant: Option<&super::tenants::Tenant>,
+    attempt: u32,
+) -> Result<Option<WebhookTarget>, String> {
+    let Some(w) = &job.webhook else {
+        return Ok(None);
+    };
+    let secret = tenant
+        .and_then(|t| t.webhook_secrets.get(&w.secret_ref))
+        .ok_or_else(|| {
+            format!(
+                "webhook.secret_ref {:?} is not a webhook secret of tenant {} in the tenants file",
+                w.secret_ref, job.tenant
+            )
+        })?;
+    let secret =
+        WebhookSecret::parse(secret.expose()).map_err(|e| format!("webhook secret: {e}"))?;
+    let sender = WebhookSender::new(cfg.url_policy()).with_timeout(cfg.webhooks.timeout);
+    let (dispatcher, mut reports) = WebhookDispatcher::spawn(
+        sender,
+        DispatcherOptions {
+            schedule: Schedule {
+                delays: cfg.webhooks.schedule.clone(),
+                ..Schedule::standard()
+            },
+            in_process_attempts: cfg.webhooks.in_process_attempts,
+        },
+    );
+    tokio::spawn(async move {
+        while let Some(r) = reports.recv().await {
+            info!(webhook_id = %r.id, attempts = r.attempts, result = ?r.result, "Webhook delivery finished.");
+        }
+    });
+    Ok(Some(WebhookTarget {
+        dispatcher,
+        url: Pii::new(w.url.clone()),
+        secret_ref: format!("{}/{}", job.tenant, w.secret_ref),
+        secrets: Arc::from(vec![secret]),
+        stream: format!("{}/{attempt}", job.bot_id()),
+    }))
+}
+
+/// The webhook payload's `data` for a status line.
+fn event_data(
+    job: &Job,
+    line: &StatusLine,
+    receipt: Option<&serde_json::Value>,
+    seq: u64,
+) -> serde_json::Value {
+    let mut d = json!({
+        "bot_id": job.bot_id(),
+        "tenant": job.tenant,
+        "meeting_id": job.meeting_id,
+        "status": line.status,
+        "at": line.at,
+        "sequence": seq,
+    });
+    if let Some(o) = d.as_object_mut() {
+        if let Some(r) = &line.reason {
+            o.insert("reason".into(), r.clone().into());
+        }
+        if let Some(r) = &line.recording_id {
+            o.insert("recording_id".into(), r.clone().into());
+        }
+        if let Some(t) = &line.transcript {
+            o.insert(
+                "transcript".into(),
+                serde_json::to_value(t).unwrap_or_default(),
+            );
+        }
+        if let Some(r) = receipt {
+            o.insert("receipt".into(), r.clone());
+        }
+    }
+    d
 }
 
 /// Carries status lines, in order, to the bot record, the receipt blob and
@@ -714,6 +842,71 @@ async fn report_loop(mut ctx: ReporterCtx, mut rx: mpsc::UnboundedReceiver<Repor
                 rec.update(&tenant, &bot_id, &u)
             })
             .await;
+        }
+        if let Some(w) = &ctx.webhook {
+            ctx.seq += 1;
+            let mut data = event_data(&ctx.job, &line, receipt_json.as_ref(), ctx.seq);
+            if ctx.webhook_transcript && line.status == "transcript_committed" {
+                if let Some(doc) = committed_document(&ctx, &line).await {
+                    data["transcript_document"] = doc;
+                }
+            }
+            let event = WebhookEvent::status(crate::webhook::message_id(&w.stream, ctx.seq), data);
+            let d = Delivery::new(
+                &event,
+                &w.stream,
+                w.url.clone(),
+                &w.secret_ref,
+                w.secrets.clone(),
+            );
+            if w.dispatcher.enqueue(d).is_err() {
+                warn!("Webhook dispatcher stopped; a status change was not delivered.");
+            }
+        }
+    }
+    // Deliveries the worker could not finish go to the outbox for `serve`.
+    if let Some(w) = ctx.webhook.take() {
+        let pending = w.dispatcher.drain(ctx.drain).await;
+        if !pending.is_empty() {
+            hand_to_outbox(ctx.outbox.as_ref(), pending).await;
+        }
+    }
+}
+
+async fn committed_document(ctx: &ReporterCtx, line: &StatusLine) -> Option<serde_json::Value> {
+    let bytes = match &ctx.receipts {
+        Some(store) => store
+            .read(&ctx.job.tenant, &format!("{}.json", ctx.job.meeting_id))
+            .await
+            .ok()?,
+        None => tokio::fs::read(&line.transcript.as_ref()?.location)
+            .await
+            .ok()?,
+    };
+    serde_json::from_slice(&bytes).ok()
+}
+
+async fn hand_to_outbox(outbox: Option<&JobQueue>, pending: Vec<PendingDelivery>) {
+    let Some(q) = outbox else {
+        error!(undelivered = pending.len(), "Webhook deliveries left undelivered and no outbox queue is configured (azure.queue_url).");
+        return;
+    };
+    let _ = q.create_if_missing().await;
+    let now = crate::webhook::unix_ms_now();
+    for p in pending {
+        let delay = Duration::from_millis(p.due_unix_ms.saturating_sub(now))
+            .min(crate::azure::queue::MAX_VISIBILITY);
+        let text = match serde_json::to_string(&p) {
+            Ok(t) => t,
+            Err(_) => continue,
+        };
+        if retry("Handing a webhook delivery to the outbox", || {
+            q.send(&text, delay)
+        })
+        .await
+        .is_none()
+        {
+            error!(webhook_id = %p.id, "A webhook delivery was lost: the outbox queue is unreachable.");
         }
     }
 }
