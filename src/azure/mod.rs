@@ -1,7 +1,8 @@
 //! Azure plumbing for fleet mode: one HTTP transport (rustls on ring, our
 //! trust roots), the credential choice (workload identity, managed identity,
 //! or an account SAS for Azurite), and the clients built on them:
-//! [`blob_store`] (transcripts), [`table`] (bot records), [`queue`] (jobs).
+//! [`blob_store`] (transcripts), [`table`] (bot records), [`queue`] (jobs),
+//! [`keyvault`] (the Key Vault key provider for recording keys).
 //!
 //! The official SDK 1.x crates are used where they exist (`azure_storage_blob`,
 //! `azure_storage_queue`, `azure_security_keyvault_keys`, `azure_identity`);
@@ -9,6 +10,7 @@
 //! `azure_core`'s pipeline (same retry, logging and bearer-token policies).
 
 pub mod blob_store;
+pub mod keyvault;
 pub mod queue;
 pub mod sas;
 pub mod table;

@@ -7,8 +7,8 @@
 //! even if a ciphertext copy survived somewhere.
 //!
 //! [`LocalKeyFile`] is the default provider: a key-encryption key (KEK) in a
-//! 0600 file created on first use. A cloud KMS (Azure Key Vault) plugs in
-//! behind the same trait later.
+//! 0600 file created on first use. Azure Key Vault is the other
+//! (`crate::azure::keyvault::KeyVaultProvider`).
 
 use std::fmt;
 use std::fs::{self, DirBuilder, File, OpenOptions};
@@ -145,10 +145,84 @@ pub enum KeyError {
     /// Encryption failed (cannot happen with valid inputs; reported, not panicked).
     #[error("key wrapping failed")]
     Wrap,
+    /// A key-provider setting is wrong; the message names it.
+    #[error("key provider configuration: {0}")]
+    Config(String),
+    /// The key vault could not be reached, did not answer in time, throttled
+    /// or failed (5xx), after the SDK's retries. A later attempt may work.
+    #[error("key vault {vault} unavailable: {detail}")]
+    VaultUnavailable {
+        /// The vault's origin.
+        vault: String,
+        /// What failed.
+        detail: String,
+    },
+    /// The key vault refused the credential (401), denied the operation (403),
+    /// or no token could be obtained.
+    #[error(
+        "key vault {vault} refused access ({detail}); check the credential and that the \
+         identity may get, wrapKey and unwrapKey on the key"
+    )]
+    VaultAccessDenied {
+        /// The vault's origin.
+        vault: String,
+        /// Operation, status, error code and the vault's message.
+        detail: String,
+    },
+    /// The key (or the wrapped key's version) does not exist in the vault.
+    #[error("key {key:?} not found in key vault {vault}: {detail}")]
+    KeyNotFound {
+        /// The vault's origin.
+        vault: String,
+        /// The key name.
+        key: String,
+        /// The vault's message.
+        detail: String,
+    },
+    /// The key (version) is disabled in the vault.
+    #[error("key {key} is disabled in its key vault")]
+    KeyDisabled {
+        /// The key id (with the version when known).
+        key: String,
+    },
+    /// The key exists but cannot wrap data keys (type, operations, size, validity).
+    #[error("key {key} cannot wrap data keys: {problem}")]
+    KeyUnsuitable {
+        /// The key id.
+        key: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The vault answered with something malformed or inconsistent (missing
+    /// fields, a key id of another key, a result of the wrong length).
+    #[error("key vault {vault} sent an invalid answer: {detail}")]
+    VaultResponse {
+        /// The vault's origin.
+        vault: String,
+        /// What is wrong with the answer.
+        detail: String,
+    },
+    /// The vault rejected the request for another reason (e.g. 400).
+    #[error("key vault {vault} rejected the request: {detail}")]
+    VaultRejected {
+        /// The vault's origin.
+        vault: String,
+        /// Operation, status, error code and the vault's message.
+        detail: String,
+    },
 }
 
-/// Wraps and unwraps data keys. Implementations: [`LocalKeyFile`]; a cloud
-/// KMS later.
+impl KeyError {
+    /// Whether retrying later may succeed (the key service was unreachable,
+    /// slow, throttling or failing). Everything else needs a configuration
+    /// or data fix.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, KeyError::VaultUnavailable { .. })
+    }
+}
+
+/// Wraps and unwraps data keys. Implementations: [`LocalKeyFile`] and
+/// `crate::azure::keyvault::KeyVaultProvider`.
 #[async_trait]
 pub trait KeyProvider: Send + Sync {
     /// Stable provider name, stored in [`WrappedKey::provider`].
