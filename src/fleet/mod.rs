@@ -94,10 +94,12 @@ impl AzureEnv {
     }
 }
 
-/// The key provider `[keys]` describes.
+/// The key provider `[keys]` describes. A Key Vault key is probed (exists,
+/// enabled, RSA, may wrap and unwrap) so a misconfigured vault fails the run
+/// before anything is recorded.
 pub async fn build_keys(
     cfg: &Config,
-    _azure: Option<&AzureEnv>,
+    azure: Option<&AzureEnv>,
 ) -> Result<Arc<dyn crate::recording::KeyProvider>, String> {
     match cfg.keys.provider {
         crate::config::KeysKind::Local => {
@@ -106,7 +108,30 @@ pub async fn build_keys(
                 .map_err(|e| format!("key provider: {e}"))
         }
         crate::config::KeysKind::AzureKeyvault => {
-            Err("key provider: azure_keyvault is not wired in yet".into())
+            let owned;
+            let az = match azure {
+                Some(a) => a,
+                None => {
+                    owned = AzureEnv::from_config(cfg).map_err(|e| format!("key provider: {e}"))?;
+                    &owned
+                }
+            };
+            let AzureAuth::Token(cred) = &az.auth else {
+                return Err(
+                    "key provider: Key Vault needs token authentication (azure.auth = \"workload_identity\" or \"managed_identity\"), not a SAS".into(),
+                );
+            };
+            let kv = azure::keyvault::KeyVaultProvider::new(
+                &cfg.keys.vault_url,
+                &cfg.keys.key_name,
+                cred.clone(),
+                az.options.clone(),
+                true,
+            )
+            .map_err(|e| format!("key provider: {e}"))?;
+            let info = kv.probe().await.map_err(|e| format!("key provider: {e}"))?;
+            tracing::info!(key_version = %info.version, key_type = %info.key_type, bits = info.modulus_bits, "Key Vault key ready.");
+            Ok(Arc::new(kv))
         }
     }
 }
