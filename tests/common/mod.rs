@@ -427,3 +427,91 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// The Python with the PyPI `standardwebhooks` package (installed by
+/// `scripts/test` into `$MEETBOT_PYENV`).
+pub fn webhook_python() -> PathBuf {
+    let venv = std::env::var_os("MEETBOT_PYENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let cache = std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache"));
+            cache.join("meetbot/pyenv")
+        });
+    let py = venv.join("bin/python");
+    let ok = Command::new(&py)
+        .args(["-c", "import standardwebhooks"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "{} cannot import standardwebhooks: run scripts/test (or `. scripts/lib.sh; install_webhook_verifier`)", py.display());
+    py
+}
+
+/// `tests/support/webhook_receiver.py`: verifies every POST with the
+/// reference Standard Webhooks library and records it as a JSON line.
+pub struct WebhookReceiver {
+    pub port: u16,
+    pub out: PathBuf,
+    _dir: tempfile::TempDir,
+    _child: KillOnDrop,
+}
+
+impl WebhookReceiver {
+    pub fn start(secret: &str) -> WebhookReceiver {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("received.jsonl");
+        let mut child = Command::new(webhook_python())
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/support/webhook_receiver.py"
+            ))
+            .arg(secret)
+            .arg(&out)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .strip_prefix("PORT ")
+            .expect("PORT line")
+            .parse()
+            .unwrap();
+        WebhookReceiver {
+            port,
+            out,
+            _dir: dir,
+            _child: KillOnDrop(child),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/hooks/meetbot", self.port)
+    }
+
+    /// Every request received so far.
+    pub fn received(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Waits until at least `n` requests arrived.
+    pub fn wait_for(&self, n: usize, limit: Duration) -> Vec<serde_json::Value> {
+        let start = Instant::now();
+        loop {
+            let r = self.received();
+            if r.len() >= n || start.elapsed() > limit {
+                return r;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}

@@ -1,0 +1,350 @@
+//! `meetbot worker` end to end against a real Azurite: a replay meeting
+//! through the real binary and Whisper model, the transcript in the tenant's
+//! container, the receipt beside it, the bot record, and webhooks verified by
+//! the reference Standard Webhooks library (Python).
+
+mod common;
+
+use std::io::BufRead;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::azurite::Azurite;
+use common::*;
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const SAID: &str = "Good morning everyone. Today we will review the budget for the new office.";
+
+fn fleet_ws(az: &Azurite, extra: &str) -> Workspace {
+    let mut ws = Workspace::new();
+    let tenants = ws.path().join("tenants.toml");
+    std::fs::write(
+        &tenants,
+        format!("[tenants.acme]\ntoken_sha256 = []\n[tenants.acme.webhook_secrets]\nmain = {SECRET:?}\n"),
+    )
+    .unwrap();
+    ws.extra_config = format!(
+        "{}\n[urls]\nallow = [\"127.0.0.1/32\"]\nallow_replay = true\n[tenants]\nfile = {:?}\n\
+         [worker]\nlisten = \"\"\nstop_poll = \"500ms\"\n\
+         [webhooks]\nschedule = [\"0s\", \"1s\", \"2s\"]\nin_process_attempts = 3\ndrain = \"10s\"\n\
+         [queue]\nwait = \"3s\"\nlease = \"30s\"\n{extra}",
+        az.config_toml(),
+        tenants.display().to_string()
+    );
+    ws
+}
+
+fn job(ws: &Workspace, webhook: &str, bot: &str, meeting: &str, pace: &str) -> String {
+    let wav = ws.path().join("said.wav");
+    if !wav.exists() {
+        espeak("en-us", SAID, &wav);
+    }
+    let m = ws.manifest(&[("Host", &wav, 0)], pace);
+    serde_json::json!({
+        "version": 1, "bot_id": bot, "tenant": "acme", "meeting_id": meeting,
+        "meeting_url": format!("replay:{}", m.display()),
+        "webhook": {"url": webhook, "secret_ref": "main"}
+    })
+    .to_string()
+}
+
+fn worker(ws: &Workspace, job: Option<&str>) -> Run {
+    let mut c = ws.command();
+    c.arg("worker");
+    match job {
+        Some(j) => c.env("MEETBOT_JOB", j),
+        None => c.env_remove("MEETBOT_JOB"),
+    };
+    Run::from(c.output().unwrap())
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn a_job_ends_as_a_verified_transcript_blob_with_receipt_record_and_signed_webhooks() {
+    let az = Azurite::start();
+    let hooks = WebhookReceiver::start(SECRET);
+    let ws = fleet_ws(&az, "");
+    let j = job(&ws, &hooks.url(), "b-1", "m1", "fast");
+    let run = worker(&ws, Some(&j));
+    assert_eq!(run.code, Some(0), "{}", run.describe());
+    let want = [
+        "joining",
+        "in_call_recording",
+        "call_ended",
+        "transcript_committed",
+        "recording_deleted",
+        "done",
+    ];
+    assert_eq!(run.statuses(), want, "{}", run.describe());
+    let last = run.last();
+
+    let cfg = az.config();
+    let env = az.env();
+    let store = env.blob_store(&cfg).unwrap();
+    let rt = rt();
+    // The transcript is in acme's container, and its hash is the one reported.
+    let json = rt.block_on(store.read("acme", "m1.json")).unwrap();
+    assert_eq!(
+        hex_sha(&json),
+        last["transcript"]["sha256"].as_str().unwrap()
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    let text = speaker_text(&doc, "Host");
+    let w = wer(SAID, &text);
+    eprintln!("WER {w:.3}");
+    assert!(w < 0.35, "{text}");
+    assert!(last["transcript"]["location"]
+        .as_str()
+        .unwrap()
+        .contains(&store.container_name("acme")));
+    // The receipt is beside it, identical to the one on the final line.
+    let rid = last["recording_id"].as_str().unwrap();
+    let receipt: serde_json::Value = serde_json::from_slice(
+        &rt.block_on(store.read("acme", &format!("receipt-{rid}.json")))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(receipt["recording_id"], rid);
+    assert_eq!(receipt["transcript_committed"], true);
+    assert_eq!(receipt["transcript_sha256"], last["transcript"]["sha256"]);
+    assert_eq!(
+        receipt["manifest_sha256"],
+        last["receipt"]["manifest_sha256"]
+    );
+    // The bot record is final and carries both.
+    let rec = rt
+        .block_on(env.records(&cfg).unwrap().get("acme", "b-1"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(rec.status, "done");
+    assert_eq!(
+        rec.transcript.as_ref().unwrap()["sha256"],
+        last["transcript"]["sha256"]
+    );
+    assert!(rec.receipt.as_ref().unwrap()["location"]
+        .as_str()
+        .unwrap()
+        .ends_with(&format!("receipt-{rid}.json")));
+
+    // One webhook per status change, each verified by the reference library,
+    // in order, with distinct ids, and no transcript text (acme did not opt in).
+    let got = hooks.wait_for(6, Duration::from_secs(10));
+    assert_eq!(got.len(), 6, "{got:#?}");
+    let mut ids = std::collections::HashSet::new();
+    for (h, status) in got.iter().zip(want) {
+        assert_eq!(h["ok"], true, "{h}");
+        assert_eq!(h["type"], "bot.status");
+        let body: serde_json::Value = serde_json::from_str(h["body"].as_str().unwrap()).unwrap();
+        assert_eq!(body["data"]["status"], status, "{body}");
+        assert_eq!(body["data"]["bot_id"], "b-1");
+        assert!(ids.insert(h["id"].as_str().unwrap().to_string()));
+        for word in ["budget", "office", "review"] {
+            assert!(
+                !h["body"].as_str().unwrap().contains(word),
+                "transcript text leaked: {h}"
+            );
+        }
+    }
+    let done: serde_json::Value = serde_json::from_str(got[5]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(done["data"]["receipt"]["recording_id"], rid);
+    assert!(ws.recording_dirs().is_empty());
+
+    // The same job redelivered through the queue is not run again and
+    // nothing is overwritten.
+    let q = env.queue(&cfg, "meetbot-jobs").unwrap();
+    rt.block_on(q.create_if_missing()).unwrap();
+    rt.block_on(q.send(&j, Duration::ZERO)).unwrap();
+    let again = worker(&ws, None);
+    assert_eq!(again.code, Some(0), "{}", again.describe());
+    assert_eq!(again.statuses(), ["skipped"], "{}", again.describe());
+    assert!(again.last()["reason"]
+        .as_str()
+        .unwrap()
+        .contains("already finished"));
+    assert_eq!(rt.block_on(store.read("acme", "m1.json")).unwrap(), json);
+    assert!(
+        rt.block_on(q.receive(Duration::from_secs(5)))
+            .unwrap()
+            .is_none(),
+        "redelivered job deleted"
+    );
+    assert_eq!(
+        hooks.received().len(),
+        6,
+        "no new webhooks for a skipped job"
+    );
+    // With nothing queued the worker waits `queue.wait` and exits 0.
+    let idle = worker(&ws, None);
+    assert_eq!(
+        (idle.code, idle.statuses()),
+        (Some(0), vec!["skipped".to_string()]),
+        "{}",
+        idle.describe()
+    );
+}
+
+#[test]
+fn bad_jobs_and_jobs_that_keep_failing_are_parked() {
+    let az = Azurite::start();
+    let ws = fleet_ws(&az, "max_attempts = 2\n");
+    let cfg = az.config();
+    let env = az.env();
+    let rt = rt();
+    let q = env.queue(&cfg, "meetbot-jobs").unwrap();
+    let poison = env.queue(&cfg, "meetbot-jobs-poison").unwrap();
+    rt.block_on(q.create_if_missing()).unwrap();
+
+    // Unparseable: parked at once, exit 2.
+    rt.block_on(q.send("{\"tenant\": \"acme\", \"colour\": 1}", Duration::ZERO))
+        .unwrap();
+    let run = worker(&ws, None);
+    assert_eq!(run.code, Some(2), "{}", run.describe());
+    assert!(
+        run.last()["reason"]
+            .as_str()
+            .unwrap()
+            .contains("invalid job"),
+        "{}",
+        run.describe()
+    );
+    let parked = rt
+        .block_on(poison.receive(Duration::from_secs(30)))
+        .unwrap()
+        .unwrap();
+    assert!(parked.text.contains("colour"));
+    rt.block_on(poison.delete(&parked)).unwrap();
+    assert!(rt
+        .block_on(q.receive(Duration::from_secs(1)))
+        .unwrap()
+        .is_none());
+
+    // A job whose workers died twice (its lease lapsed twice) is parked on the third receipt.
+    let j = job(&ws, "https://hooks.example.com/x", "b-9", "m9", "fast");
+    rt.block_on(q.send(&j, Duration::ZERO)).unwrap();
+    for _ in 0..2 {
+        let m = rt
+            .block_on(q.receive(Duration::from_secs(1)))
+            .unwrap()
+            .unwrap();
+        drop(m);
+        std::thread::sleep(Duration::from_millis(1300));
+    }
+    let run = worker(&ws, None);
+    assert_eq!(run.code, Some(1), "{}", run.describe());
+    assert!(
+        run.last()["reason"]
+            .as_str()
+            .unwrap()
+            .contains("gave up after 2 attempts"),
+        "{}",
+        run.describe()
+    );
+    let parked = rt
+        .block_on(poison.receive(Duration::from_secs(30)))
+        .unwrap()
+        .unwrap();
+    assert_eq!(parked.text, j);
+    let rec = rt
+        .block_on(env.records(&cfg).unwrap().get("acme", "b-9"))
+        .unwrap();
+    // The record is written by the reporter (created by serve in production).
+    assert!(rec.is_none() || rec.unwrap().status == "fatal");
+    assert!(rt
+        .block_on(q.receive(Duration::from_secs(1)))
+        .unwrap()
+        .is_none());
+}
+
+#[test]
+fn storage_down_at_commit_time_is_retried_and_the_recording_stays_encrypted() {
+    let mut az = Azurite::start();
+    let hooks = WebhookReceiver::start(SECRET);
+    let ws = fleet_ws(
+        &az,
+        "[lifecycle]\ncommit_retry_initial = \"500ms\"\ncommit_retry_max = \"2s\"\n[recording]\nmemory_budget_kib = 0\n",
+    );
+    let j = job(&ws, &hooks.url(), "b-2", "m2", "realtime");
+    let pcm = wav_pcm(&ws.path().join("said.wav"));
+    let mut c = ws.command();
+    c.arg("worker")
+        .env("MEETBOT_JOB", &j)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(l);
+        }
+    });
+    let mut lines: Vec<String> = Vec::new();
+    let mut wait_for = |status: &str, limit: Duration, lines: &mut Vec<String>| {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if lines
+                .iter()
+                .any(|l| l.contains(&format!("\"status\":\"{status}\"")))
+            {
+                return true;
+            }
+            if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
+                lines.push(l);
+            }
+        }
+        false
+    };
+    assert!(
+        wait_for("in_call_recording", Duration::from_secs(60), &mut lines),
+        "{lines:?}"
+    );
+    az.stop();
+    assert!(
+        wait_for("call_ended", Duration::from_secs(60), &mut lines),
+        "{lines:?}"
+    );
+    // Storage is down: no commit, and the recording is still there, encrypted.
+    assert!(
+        !wait_for("transcript_committed", Duration::from_secs(5), &mut lines),
+        "{lines:?}"
+    );
+    let spool = ws.spool_files();
+    assert!(
+        !spool.is_empty(),
+        "the encrypted recording is kept until the commit succeeds"
+    );
+    for f in ws.files() {
+        assert_no_plaintext_audio(&f.display().to_string(), &read(&f), &pcm);
+    }
+    az.restart();
+    assert!(
+        wait_for("done", Duration::from_secs(60), &mut lines),
+        "{lines:?}"
+    );
+    let run = wait_with_timeout(child, Duration::from_secs(60));
+    assert_eq!(run.code, Some(0), "{lines:?}\n{}", run.describe());
+    assert!(lines
+        .iter()
+        .any(|l| l.contains("\"status\":\"transcript_committed\"")));
+    let cfg = az.config();
+    let store = az.env().blob_store(&cfg).unwrap();
+    let json = rt().block_on(store.read("acme", "m2.json")).unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    assert_eq!(doc["complete"], true, "{doc}");
+    assert!(wer(SAID, &speaker_text(&doc, "Host")) < 0.35, "{doc}");
+    assert!(ws.recording_dirs().is_empty());
+}
+
+fn hex_sha(b: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(b))
+}
