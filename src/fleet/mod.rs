@@ -11,6 +11,7 @@
 pub mod api;
 pub mod job;
 pub mod metrics;
+pub mod outbox;
 pub mod records;
 pub mod sweep;
 pub mod tenants;
