@@ -41,6 +41,8 @@ use crate::recording::DestroyReport;
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 /// [`AuditEntry::kind`] of a deletion receipt.
 pub const KIND_DELETION_RECEIPT: &str = "deletion_receipt";
+/// [`AuditEntry::kind`] of a transcript deleted at the end of its retention.
+pub const KIND_TRANSCRIPT_DELETION: &str = "transcript_deletion";
 /// Longest accepted line, newline included.
 pub const MAX_LINE_BYTES: usize = 64 * 1024;
 
@@ -78,6 +80,49 @@ pub struct DeletionReceipt {
     /// How: [`crate::recording::METHOD_DESTROY`] or
     /// [`crate::recording::METHOD_SWEEP`].
     pub method: String,
+}
+
+/// The proof that a committed transcript (JSON or WebVTT) was deleted when
+/// its retention ran out (`meetbot sweep`). Ids and hashes only.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TranscriptDeletionReceipt {
+    /// The tenant.
+    pub tenant: String,
+    /// The meeting id.
+    pub meeting_id: String,
+    /// Where it was (no credentials).
+    pub location: String,
+    /// SHA-256 (hex) of the committed transcript JSON, when known.
+    pub transcript_sha256: Option<String>,
+    /// When it expired, RFC 3339 UTC.
+    pub expired_at: String,
+    /// When it was deleted, RFC 3339 UTC.
+    pub deleted_at: String,
+    /// Why (`retention expired`).
+    pub reason: String,
+}
+
+/// The body of an audit entry: one of the receipt kinds. Serialized as the
+/// receipt itself, so entries written before transcript deletions existed
+/// hash and verify unchanged.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum AuditRecord {
+    /// A recording was destroyed.
+    Recording(DeletionReceipt),
+    /// A transcript reached the end of its retention.
+    Transcript(TranscriptDeletionReceipt),
+}
+
+impl AuditRecord {
+    /// The entry kind this record is written under.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AuditRecord::Recording(_) => KIND_DELETION_RECEIPT,
+            AuditRecord::Transcript(_) => KIND_TRANSCRIPT_DELETION,
+        }
+    }
 }
 
 /// What became of the transcript, for [`DeletionReceipt::new`].
@@ -135,10 +180,10 @@ pub struct AuditEntry {
     pub seq: u64,
     /// The previous entry's hash, or [`GENESIS_HASH`].
     pub prev_hash: String,
-    /// [`KIND_DELETION_RECEIPT`].
+    /// [`KIND_DELETION_RECEIPT`] or [`KIND_TRANSCRIPT_DELETION`].
     pub kind: String,
     /// The receipt.
-    pub receipt: DeletionReceipt,
+    pub receipt: AuditRecord,
     /// This entry's hash (see the module docs).
     pub hash: String,
 }
@@ -157,7 +202,7 @@ struct HashedEntry<'a> {
     seq: u64,
     prev_hash: &'a str,
     kind: &'a str,
-    receipt: &'a DeletionReceipt,
+    receipt: &'a AuditRecord,
 }
 
 /// Result of a successful [`verify`].
@@ -262,7 +307,7 @@ fn entry_hash(
     seq: u64,
     prev_hash: &str,
     kind: &str,
-    receipt: &DeletionReceipt,
+    receipt: &AuditRecord,
 ) -> Result<String, AuditError> {
     let value = serde_json::to_value(HashedEntry {
         seq,
@@ -294,8 +339,11 @@ fn parse_line(path: &Path, line_no: u64, line: &[u8]) -> Result<AuditEntry, Audi
     }
     let entry: AuditEntry =
         serde_json::from_str(text).map_err(|e| bad(format!("bad JSON: {e}")))?;
-    if entry.kind != KIND_DELETION_RECEIPT {
-        return Err(bad(format!("unknown entry kind {:?}", entry.kind)));
+    if entry.kind != entry.receipt.kind() {
+        return Err(bad(format!(
+            "entry kind {:?} does not match its receipt",
+            entry.kind
+        )));
     }
     if !is_hash(&entry.hash) || !is_hash(&entry.prev_hash) {
         return Err(bad(
@@ -396,6 +444,11 @@ impl AuditLog {
     /// Refuses to extend a log whose last line is incomplete or fails its own
     /// checks; run [`verify`] to see the whole picture.
     pub fn append(&self, receipt: &DeletionReceipt) -> Result<AuditEntry, AuditError> {
+        self.append_record(&AuditRecord::Recording(receipt.clone()))
+    }
+
+    /// Appends any kind of receipt (see [`AuditLog::append`]).
+    pub fn append_record(&self, receipt: &AuditRecord) -> Result<AuditEntry, AuditError> {
         self.with_tail(FlockOperation::LockExclusive, |len, last| {
             self.append_locked(receipt, len, last)
         })
@@ -405,7 +458,7 @@ impl AuditLog {
     /// log's length and last entry.
     fn append_locked(
         &self,
-        receipt: &DeletionReceipt,
+        receipt: &AuditRecord,
         len: u64,
         last: Option<AuditEntry>,
     ) -> Result<AuditEntry, AuditError> {
@@ -413,11 +466,11 @@ impl AuditLog {
             Some(last) => (last.seq + 1, last.hash),
             None => (1, GENESIS_HASH.to_string()),
         };
-        let hash = entry_hash(seq, &prev_hash, KIND_DELETION_RECEIPT, receipt)?;
+        let hash = entry_hash(seq, &prev_hash, receipt.kind(), receipt)?;
         let entry = AuditEntry {
             seq,
             prev_hash,
-            kind: KIND_DELETION_RECEIPT.into(),
+            kind: receipt.kind().into(),
             receipt: receipt.clone(),
             hash,
         };
@@ -591,7 +644,7 @@ mod tests {
     #[test]
     fn hash_is_independent_of_field_order() {
         // The hash is over sorted keys, so a struct-order change cannot alter it.
-        let r = receipt(1);
+        let r = AuditRecord::Recording(receipt(1));
         let h = entry_hash(1, GENESIS_HASH, KIND_DELETION_RECEIPT, &r).expect("hash");
         let mut v = serde_json::to_value(HashedEntry {
             seq: 1,
@@ -607,6 +660,40 @@ mod tests {
         let mut s2 = String::new();
         canonical(&v, &mut s2);
         assert_ne!(hex::encode(Sha256::digest(s2.as_bytes())), h);
+    }
+
+    #[test]
+    fn transcript_deletions_chain_with_recording_receipts() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join("audit.jsonl");
+        let log = AuditLog::open(&path).expect("open");
+        log.append(&receipt(1)).expect("append");
+        let t = TranscriptDeletionReceipt {
+            tenant: "acme".into(),
+            meeting_id: "m1".into(),
+            location: "https://acct.blob.core.windows.net/meetbot-acme-1/m1.json".into(),
+            transcript_sha256: Some("ab".repeat(32)),
+            expired_at: "2026-01-01T00:00:00Z".into(),
+            deleted_at: "2026-01-01T00:05:00Z".into(),
+            reason: "retention expired".into(),
+        };
+        let e2 = log
+            .append_record(&AuditRecord::Transcript(t.clone()))
+            .expect("append");
+        assert_eq!(e2.kind, KIND_TRANSCRIPT_DELETION);
+        log.append(&receipt(3)).expect("append");
+        assert_eq!(verify(&path).expect("verifies").entries, 3);
+        // A transcript receipt relabelled as a recording receipt is caught.
+        let text = std::fs::read_to_string(&path).unwrap();
+        let forged = text.replacen(
+            "\"kind\":\"transcript_deletion\"",
+            "\"kind\":\"deletion_receipt\"",
+            1,
+        );
+        assert_ne!(forged, text);
+        std::fs::write(&path, forged).unwrap();
+        let err = verify(&path).expect_err("kind mismatch").to_string();
+        assert!(err.contains("line 2"), "{err}");
     }
 
     #[test]

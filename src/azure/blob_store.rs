@@ -116,6 +116,8 @@ pub struct ListedBlob {
     pub etag: Option<String>,
     /// `tenant` metadata.
     pub tenant: Option<String>,
+    /// `sha256` metadata (of the transcript JSON).
+    pub sha256: Option<String>,
 }
 
 fn map_err(what: &str, e: azure_core::Error) -> CommitError {
@@ -277,6 +279,11 @@ impl BlobStore {
         Ok(Self::location(&c, &name))
     }
 
+    /// A blob's URL without credentials.
+    pub fn blob_location(&self, container: &str, name: &str) -> String {
+        super::display_url(self.service.blob_client(container, name).url())
+    }
+
     /// Reads a blob of a tenant (tests and tools).
     pub async fn read(&self, tenant: &str, name: &str) -> Result<Vec<u8>, CommitError> {
         self.download(&self.container(tenant), name).await
@@ -325,6 +332,7 @@ impl BlobStore {
                         .and_then(|s| humantime::parse_rfc3339(s).ok()),
                     kind: md.get(META_KIND).cloned(),
                     tenant: md.get("tenant").cloned(),
+                    sha256: md.get("sha256").cloned(),
                     etag: b.properties.and_then(|p| p.etag).map(|e| e.to_string()),
                 });
             }
