@@ -2,8 +2,8 @@
 //!
 //! ```toml
 //! [tenants.acme]
-//! # sha256 (hex) of each API token; several allow rotation. Generate a token
-//! # and its hash with `meetbot tenants new-token`.
+//! # sha256 (hex) of each API token; several allow rotation. Make a token with
+//! # `openssl rand -hex 32` and its hash with `printf %s "$TOKEN" | sha256sum`.
 //! token_sha256 = ["9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"]
 //! # Transcript retention (default: store.retention).
 //! retention = "30days"
