@@ -70,7 +70,7 @@ async fn crash_child() {
             assert!(rec.stats().spilled_chunks > 0);
             println!("READY");
         }
-        if i % 50 == 0 {
+        if i.is_multiple_of(50) {
             std::thread::sleep(Duration::from_millis(1));
         }
     }
