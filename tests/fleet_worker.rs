@@ -288,7 +288,7 @@ fn storage_down_at_commit_time_is_retried_and_the_recording_stays_encrypted() {
         }
     });
     let mut lines: Vec<String> = Vec::new();
-    let mut wait_for = |status: &str, limit: Duration, lines: &mut Vec<String>| {
+    let wait_for = |status: &str, limit: Duration, lines: &mut Vec<String>| {
         let start = Instant::now();
         while start.elapsed() < limit {
             if lines
