@@ -348,3 +348,217 @@ fn meeting_and_webhook_urls() {
         }
     });
 }
+
+/// Job documents: queue message text, `MEETBOT_JOB` and `--job-file`.
+#[test]
+fn job_documents() {
+    use meetbot::fleet::job::Job;
+    let seeds: &[&[u8]] = &[
+        br#"{"version":1,"bot_id":"b-1","tenant":"acme","meeting_id":"standup-2026-11-23","meeting_url":"janus+wss://meet.example.com/1234?pin=42","bot_name":"Acme Notetaker","join_at":"2026-11-23T17:00:00Z","stt":{"provider":"embedded","language":"en"},"webhook":{"url":"https://hooks.acme.example/meetbot","secret_ref":"main"},"retention_days":30}"#,
+        br#"{"tenant":"acme","meeting_id":"m1","meeting_url":"janus+wss://meet.example.com/1234"}"#,
+        br#"{"tenant":"t.1","meeting_id":"m_2","meeting_url":"replay:/tmp/m.json","stt":{"provider":"openai"},"join_at":"2026-01-01T00:00:00.5+01:00"}"#,
+        br#"{"version":1,"tenant":"acme","meeting_id":"m1","meeting_url":"janus+ws://10.1.2.3:8188/9","webhook":{"url":"https://h.example/x?token=abc","secret_ref":"k-2"},"bot_name":"N\u00e9 \ud83d\ude00"}"#,
+    ];
+    let mut rng = Rng::new(8);
+    let (mut ok, mut rejected) = (0, 0);
+    for i in 0..iters(20_000) {
+        let input = mutate(&mut rng, seeds[i % seeds.len()]);
+        match Job::parse(&input) {
+            Ok(job) => {
+                ok += 1;
+                // What parsed is valid, and what the API enqueues (to_json)
+                // the worker reads back as the same job.
+                assert_eq!(job.validate(), Ok(()));
+                let again = Job::parse(job.to_json().as_bytes())
+                    .unwrap_or_else(|e| panic!("{e}: {}", job.to_json()));
+                assert_eq!(again, job, "{}", String::from_utf8_lossy(&input));
+                assert!(job.to_json().len() <= meetbot::fleet::job::MAX_JOB_BYTES);
+                assert!(!job.bot_id().is_empty());
+                // Debug (what logs see) never shows the meeting or webhook URL.
+                let dbg = format!("{job:?}");
+                let shown = format!(
+                    "{} {} {:?} {:?}",
+                    job.tenant, job.meeting_id, job.bot_id, job.join_at
+                );
+                if job.meeting_url.len() >= 8 && !shown.contains(&job.meeting_url) {
+                    assert!(!dbg.contains(&job.meeting_url), "{dbg}");
+                }
+                if let Some(w) = &job.webhook {
+                    assert!(!format!("{w:?}").contains(&w.url) || w.url.len() < 8);
+                }
+                let _ = job.join_at_time();
+            }
+            Err(e) => {
+                rejected += 1;
+                assert!(!e.0.is_empty());
+            }
+        }
+    }
+    eprintln!("accepted {ok}, rejected {rejected}");
+    assert!(ok > 0 && rejected > 0, "ok {ok}, rejected {rejected}");
+}
+
+/// The tenants file (operator input, holds webhook secrets).
+#[test]
+fn tenants_files() {
+    use meetbot::fleet::tenants::Tenants;
+    const SECRET_B64: &str = "C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+    let seeds: &[&[u8]] = &[
+        b"[tenants.acme]\ntoken_sha256 = [\"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\"]\nretention = \"7days\"\nwebhook_transcript = true\n[tenants.acme.webhook_secrets]\nmain = \"whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\"\n\n[tenants.globex]\ntoken_sha256 = [\"60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752\"]\n",
+        b"[tenants.acme]\ntoken_sha256 = [\"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\"]\nretention = \"30days\"\nwebhook_transcript = false\n[tenants.acme.webhook_secrets]\nmain = \"whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\"\nold = \"whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\"\n",
+        b"tenants = { a = { token_sha256 = [], webhook_secrets = { main = \"whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\" } } }\n",
+    ];
+    // A secret written under the wrong key is named, never quoted.
+    let s = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+    for text in [
+        format!("[tenants.a]\nwebhook_secrets = \"{s}\"\n"),
+        format!("[tenants.a]\nretention = \"{s}\"\n"),
+        format!("[tenants.a]\nwebhook_transcript = \"{s}\"\n"),
+        format!("[tenants.a]\ntoken_sha256 = \"{s}\"\n"),
+        format!("[tenants.a]\ntoken_sha256 = [\"{s}\"]\n"),
+        format!("[tenants.a.webhook_secrets]\nmain = [\"{s}\"]\n"),
+        format!("[tenants.a.webhook_secrets]\nmain = \"{}\"\n", &s[..30]),
+    ] {
+        let e = Tenants::parse(&text).unwrap_err();
+        assert!(!e.contains(&s[6..30]), "{e}");
+    }
+    let mut rng = Rng::new(9);
+    let (mut ok, mut rejected) = (0, 0);
+    for i in 0..iters(10_000) {
+        let input = mutate(&mut rng, seeds[i % seeds.len()]);
+        let text = String::from_utf8_lossy(&input);
+        match Tenants::parse(&text) {
+            Ok(t) => {
+                ok += 1;
+                // Secrets are redacted in Debug, and every secret parses.
+                assert!(!format!("{t:?}").contains(SECRET_B64));
+                for token in ["test", "test2", "", "x"] {
+                    if let Some(tenant) = t.authenticate(token) {
+                        assert_eq!(t.get(&tenant.id).map(|x| &x.id), Some(&tenant.id));
+                        assert!(tenant.retention.is_none_or(|r| r.as_secs() >= 60));
+                        for s in tenant.webhook_secrets.values() {
+                            meetbot::webhook::WebhookSecret::parse(s.expose()).unwrap();
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                rejected += 1;
+                // An intact secret line is never echoed by an error about
+                // something else in the file.
+                if text.contains(&format!("\"whsec_{SECRET_B64}\"")) {
+                    assert!(!e.contains(SECRET_B64), "{e}\n{text}");
+                }
+            }
+        }
+    }
+    eprintln!("accepted {ok}, rejected {rejected}");
+    assert!(ok > 0 && rejected > 0, "ok {ok}, rejected {rejected}");
+}
+
+/// `POST /v1/bots` bodies: what serve accepts (schema and validation, as
+/// `create_bot` builds the job), the worker must read back unchanged.
+#[test]
+fn api_request_bodies() {
+    use meetbot::fleet::api::CreateBot;
+    use meetbot::fleet::job::{Job, JOB_VERSION};
+    let seeds: &[&[u8]] = &[
+        br#"{"meeting_url":"janus+wss://1.1.1.1:8989/1234","meeting_id":"weekly-1","bot_name":"Acme Notes","webhook":{"url":"https://hooks.example/x","secret_ref":"main"},"retention_days":7}"#,
+        br#"{"meeting_url":"janus+wss://meet.example.com/1"}"#,
+        br#"{"meeting_url":"replay:/tmp/m.json","join_at":"2026-11-23T17:00:00Z","stt":{"provider":"embedded","language":"de"}}"#,
+    ];
+    let mut rng = Rng::new(10);
+    let (mut ok, mut rejected) = (0, 0);
+    for i in 0..iters(20_000) {
+        let input = mutate(&mut rng, seeds[i % seeds.len()]);
+        let de = &mut serde_json::Deserializer::from_slice(&input);
+        let Ok(req) = serde_path_to_error::deserialize::<_, CreateBot>(de) else {
+            rejected += 1;
+            continue;
+        };
+        let job = Job {
+            version: JOB_VERSION,
+            bot_id: Some("b-0123456789abcdef0123456789abcdef".into()),
+            tenant: "acme".into(),
+            meeting_id: req.meeting_id.unwrap_or_else(|| "m-0".into()),
+            meeting_url: req.meeting_url,
+            bot_name: req.bot_name,
+            join_at: req.join_at,
+            stt: req.stt,
+            webhook: req.webhook,
+            retention_days: req.retention_days,
+        };
+        if job.validate().is_err() {
+            rejected += 1;
+            continue;
+        }
+        ok += 1;
+        let text = job.to_json();
+        assert_eq!(
+            Job::parse(text.as_bytes()).as_ref(),
+            Ok(&job),
+            "serve would enqueue a job the worker cannot read: {text}"
+        );
+    }
+    eprintln!("accepted {ok}, rejected {rejected}");
+    assert!(ok > 0 && rejected > 0, "ok {ok}, rejected {rejected}");
+}
+
+/// Webhook outbox messages (`PendingDelivery` JSON in the outbox queue).
+#[test]
+fn webhook_outbox_messages() {
+    use meetbot::webhook::{
+        message_id, Decision, Delivery, Outcome, PendingDelivery, Schedule, WebhookEvent,
+        WebhookSecret,
+    };
+    use std::sync::Arc;
+    let secret = WebhookSecret::parse("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD").unwrap();
+    let event = WebhookEvent::status(
+        message_id("b-1/1", 3),
+        serde_json::json!({"bot_id": "b-1", "status": "call_ended", "sequence": 3}),
+    );
+    let d = Delivery::new(
+        &event,
+        "b-1/1",
+        meetbot::pii::Pii::new("https://hooks.example/x?token=abc".to_string()),
+        "acme/main",
+        Arc::from(vec![secret]),
+    );
+    let valid = serde_json::to_string(&d.pending).unwrap();
+    assert!(!valid.contains("C2FVsBQIhrscChlQIMV"), "{valid}");
+    let schedule = Schedule::standard();
+    let mut rng = Rng::new(11);
+    let mut ok = 0;
+    for _ in 0..iters(10_000) {
+        let m = mutate(&mut rng, valid.as_bytes());
+        let Ok(p) = serde_json::from_slice::<PendingDelivery>(&m) else {
+            continue;
+        };
+        ok += 1;
+        let text = serde_json::to_string(&p).unwrap();
+        assert_eq!(serde_json::from_str::<PendingDelivery>(&text).unwrap(), p);
+        // Debug (logs) never shows the URL or the body.
+        let dbg = format!("{p:?}");
+        let shown = format!("{} {} {} {}", p.id, p.stream, p.event_type, p.secret_ref);
+        for hidden in [p.url.expose(), p.body.expose()] {
+            if hidden.len() >= 8 && !shown.contains(hidden.as_str()) {
+                assert!(!dbg.contains(hidden.as_str()), "{dbg}");
+            }
+        }
+        // Whatever the attempt number, the schedule answers without panicking.
+        for outcome in [
+            Outcome::Connect,
+            Outcome::Status {
+                code: 503,
+                retry_after: Some(std::time::Duration::from_secs(u64::MAX / 4)),
+            },
+        ] {
+            match schedule.decide(p.attempt, &outcome, rng.next() as f64 / u64::MAX as f64) {
+                Decision::Retry { attempt, .. } => assert_eq!(attempt, p.attempt + 1),
+                Decision::GiveUp(_) => assert!(p.attempt as usize >= schedule.delays.len()),
+                d => panic!("{d:?}"),
+            }
+        }
+    }
+    assert!(ok > 0);
+}

@@ -74,6 +74,29 @@ pub fn token_hash_hex(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
+/// serde's messages quote the offending value (`invalid type: string "…"`),
+/// which here may be a webhook secret written under the wrong key.
+fn redact_quoted(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut chars = msg.chars();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c == '"' {
+            let mut escaped = false;
+            for c in chars.by_ref() {
+                match c {
+                    _ if escaped => escaped = false,
+                    '\\' => escaped = true,
+                    '"' => break,
+                    _ => {}
+                }
+            }
+            out.push_str("...\"");
+        }
+    }
+    out
+}
+
 impl Tenants {
     /// Loads and checks the tenants file. Errors name the tenant and field.
     pub fn load(path: &Path) -> Result<Tenants, String> {
@@ -85,7 +108,7 @@ impl Tenants {
     /// Parses tenants-file text.
     pub fn parse(text: &str) -> Result<Tenants, String> {
         // Never echo the file's text: it holds secrets.
-        let doc: FileDoc = toml::from_str(text).map_err(|e| e.message().trim().to_string())?;
+        let doc: FileDoc = toml::from_str(text).map_err(|e| redact_quoted(e.message().trim()))?;
         let mut out = Tenants::default();
         for (id, t) in doc.tenants {
             validate_id("tenant", &id).map_err(|e| format!("[tenants.{id}]: {e}"))?;

@@ -459,6 +459,15 @@ pub struct WebhookReceiver {
 
 impl WebhookReceiver {
     pub fn start(secret: &str) -> WebhookReceiver {
+        Self::spawn(secret, None)
+    }
+
+    /// A receiver on a given loopback port (e.g. one that was down before).
+    pub fn start_on(secret: &str, port: u16) -> WebhookReceiver {
+        Self::spawn(secret, Some(port))
+    }
+
+    fn spawn(secret: &str, port: Option<u16>) -> WebhookReceiver {
         use std::io::BufRead;
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("received.jsonl");
@@ -469,6 +478,7 @@ impl WebhookReceiver {
             ))
             .arg(secret)
             .arg(&out)
+            .args(port.map(|p| p.to_string()))
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """A Standard Webhooks receiver on 127.0.0.1 that verifies every request independently.
 
-Usage: webhook_receiver.py SECRET OUT_FILE
-Binds 127.0.0.1 on a free port, prints "PORT <n>" on stdout, then for every POST verifies the
+Usage: webhook_receiver.py SECRET OUT_FILE [PORT]
+Binds 127.0.0.1 on PORT (default: a free port), prints "PORT <n>" on stdout, then for every POST verifies the
 body against its headers with the PyPI `standardwebhooks` package (the reference library) and
 appends one JSON line {"id", "ok", "type", "body", "error"} to OUT_FILE. Answers 204 when the
 signature verifies, 400 when it does not. Runs until killed.
@@ -16,6 +16,7 @@ from standardwebhooks.webhooks import Webhook
 
 def main() -> None:
     secret, out_path = sys.argv[1], sys.argv[2]
+    port = int(sys.argv[3]) if len(sys.argv) > 3 else 0
     hook = Webhook(secret)
 
     class Handler(BaseHTTPRequestHandler):
@@ -40,7 +41,7 @@ def main() -> None:
         def log_message(self, *args) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     print(f"PORT {server.server_address[1]}", flush=True)
     server.serve_forever()
 
