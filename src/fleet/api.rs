@@ -155,8 +155,8 @@ fn authenticate<'a>(state: &'a ApiState, headers: &HeaderMap) -> Result<&'a Tena
         .to_str()
         .ok()
         .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
+            let (scheme, token) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then_some(token)
         })
         .map(str::trim)
         .filter(|t| !t.is_empty())
@@ -374,29 +374,42 @@ async fn stop_bot(
     if validate_id("bot id", &id).is_err() {
         return Err(ApiError::not_found());
     }
-    let rec = match state.records.get(&tenant.id, &id).await {
-        Ok(Some(r)) => r,
-        Ok(None) => return Err(ApiError::not_found()),
-        Err(_) => return Err(ApiError::unavailable("bot storage")),
-    };
-    if rec.is_terminal() {
-        return Ok((StatusCode::OK, axum::Json(rec)).into_response());
+    // Not started yet: cancelled now, conditionally on the record not having
+    // changed (a worker claiming the job changes it first). In a meeting, or
+    // if the worker won the race: the worker sees stop_requested before it
+    // joins or within worker.stop_poll, leaves, commits and deletes as usual.
+    let mut rec = None;
+    for _ in 0..3 {
+        let (r, etag) = match state.records.get_with_etag(&tenant.id, &id).await {
+            Ok(Some(x)) => x,
+            Ok(None) => return Err(ApiError::not_found()),
+            Err(_) => return Err(ApiError::unavailable("bot storage")),
+        };
+        if r.is_terminal() {
+            return Ok((StatusCode::OK, axum::Json(r)).into_response());
+        }
+        let pending = matches!(r.status.as_str(), "scheduled" | "queued");
+        let u = Update {
+            stop_requested: Some(true),
+            status: pending.then(|| "cancelled".to_string()),
+            reason: pending.then(|| "stopped before joining (DELETE /v1/bots)".to_string()),
+            ..Default::default()
+        };
+        let cond = if pending { etag.as_str() } else { "*" };
+        match state.records.update_if(&tenant.id, &id, &u, cond).await {
+            Ok(()) => {
+                rec = Some(r);
+                break;
+            }
+            Err(crate::azure::table::TableError::PreconditionFailed) => continue,
+            Err(_) => return Err(ApiError::unavailable("bot storage")),
+        }
     }
-    // Not started yet: cancelled now (the worker that takes the job skips
-    // it). In a meeting: the worker sees the request within worker.stop_poll,
-    // leaves, commits and deletes as usual.
-    let pending = matches!(rec.status.as_str(), "scheduled" | "queued");
-    let u = Update {
-        stop_requested: Some(true),
-        status: pending.then(|| "cancelled".to_string()),
-        reason: pending.then(|| "stopped before joining (DELETE /v1/bots)".to_string()),
-        ..Default::default()
+    let Some(rec) = rec else {
+        return Err(ApiError::unavailable(
+            "bot storage (the bot changed concurrently; retry)",
+        ));
     };
-    state
-        .records
-        .update(&tenant.id, &id, &u)
-        .await
-        .map_err(|_| ApiError::unavailable("bot storage"))?;
     state.metrics.inc(
         "meetbot_bots_stopped_total",
         "Stop requests through the API.",

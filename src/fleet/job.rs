@@ -125,6 +125,19 @@ impl fmt::Debug for JobWebhook {
 #[error("{0}")]
 pub struct JobError(pub String);
 
+/// A serde message without the values it quotes: `"…"` strings and the
+/// backticked value of an `unknown variant` (field names stay).
+pub(crate) fn redact_values(msg: &str) -> String {
+    let msg = super::tenants::redact_quoted(msg);
+    match msg.strip_prefix("unknown variant `") {
+        Some(rest) => match rest.split_once('`') {
+            Some((_, tail)) => format!("unknown variant `...`{tail}"),
+            None => "unknown variant".into(),
+        },
+        None => msg,
+    }
+}
+
 /// Parses RFC 3339 (`2026-11-23T17:00:00Z`, offsets allowed).
 pub fn parse_time(s: &str) -> Result<SystemTime, String> {
     let t = time::OffsetDateTime::parse(s.trim(), &time::format_description::well_known::Rfc3339)
@@ -160,9 +173,9 @@ impl Job {
         let de = &mut serde_json::Deserializer::from_slice(bytes);
         let job: Job = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
-            // serde_json's messages name the field and the expected type;
-            // they never quote string values.
-            let inner = e.inner().to_string();
+            // serde_json's messages quote offending values (a URL with its
+            // PIN, say): keep the field names, drop the values.
+            let inner = redact_values(&e.inner().to_string());
             if path == "." {
                 JobError(format!("invalid job JSON: {inner}"))
             } else {

@@ -167,6 +167,19 @@ impl Records {
             .map(|e: Entity| BotRecord::from_props(&e.props)))
     }
 
+    /// Reads a tenant's bot with its ETag (for [`Records::update_if`]).
+    pub async fn get_with_etag(
+        &self,
+        tenant: &str,
+        bot_id: &str,
+    ) -> Result<Option<(BotRecord, String)>, TableError> {
+        Ok(self
+            .client
+            .get(&self.table, tenant, bot_id)
+            .await?
+            .map(|e: Entity| (BotRecord::from_props(&e.props), e.etag)))
+    }
+
     /// A tenant's bots (at most `limit`).
     pub async fn list(&self, tenant: &str, limit: usize) -> Result<Vec<BotRecord>, TableError> {
         Ok(self
@@ -180,6 +193,19 @@ impl Records {
 
     /// Applies a change to an existing record (last writer wins per field).
     pub async fn update(&self, tenant: &str, bot_id: &str, u: &Update) -> Result<(), TableError> {
+        self.update_if(tenant, bot_id, u, "*").await
+    }
+
+    /// Applies a change only if the record still has `etag`
+    /// ([`TableError::PreconditionFailed`] otherwise): for transitions two
+    /// parties race on (a stop request and a worker starting).
+    pub async fn update_if(
+        &self,
+        tenant: &str,
+        bot_id: &str,
+        u: &Update,
+        etag: &str,
+    ) -> Result<(), TableError> {
         let mut p = Map::new();
         p.insert("updated_at".into(), crate::status::now_rfc3339().into());
         if let Some(v) = &u.status {
@@ -204,7 +230,7 @@ impl Records {
             p.insert("stop_requested".into(), v.into());
         }
         self.client
-            .merge(&self.table, tenant, bot_id, &p, "*")
+            .merge(&self.table, tenant, bot_id, &p, etag)
             .await
             .map(|_| ())
     }

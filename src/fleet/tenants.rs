@@ -76,7 +76,7 @@ pub fn token_hash_hex(token: &str) -> String {
 
 /// serde's messages quote the offending value (`invalid type: string "…"`),
 /// which here may be a webhook secret written under the wrong key.
-fn redact_quoted(msg: &str) -> String {
+pub(crate) fn redact_quoted(msg: &str) -> String {
     let mut out = String::with_capacity(msg.len());
     let mut chars = msg.chars();
     while let Some(c) = chars.next() {

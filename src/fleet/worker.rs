@@ -178,7 +178,7 @@ async fn run_inner(
     };
 
     // 1. Take the job.
-    let mut lease: Option<(JobQueue, Leased)> = None;
+    let mut lease: Option<Lease> = None;
     let text = match source {
         JobSource::File(path) => match std::fs::read(&path) {
             Ok(b) => b,
@@ -205,7 +205,7 @@ async fn run_inner(
             match take_one(&q, cfg.queue.lease, cfg.queue.wait, &mut stop_rx).await {
                 Ok(Some(m)) => {
                     let t = m.text.clone().into_bytes();
-                    lease = Some((q, m));
+                    lease = Some(Lease::start(q, m, cfg.queue.lease, state.clone()));
                     t
                 }
                 Ok(None) => {
@@ -219,30 +219,46 @@ async fn run_inner(
             }
         }
     };
-    if let Some((_, m)) = &lease {
-        info!(message_id = %m.id, dequeue_count = m.dequeue_count, "Took a job from the queue.");
+    if let Some(l) = &lease {
+        info!(message_id = %l.id, dequeue_count = l.dequeue_count, "Took a job from the queue.");
     }
 
     // 2. Parse. A job that cannot be parsed never will be: park it.
     let job = match Job::parse(&text) {
         Ok(j) => j,
         Err(e) => {
-            if let Some((q, m)) = &lease {
-                park(cfg, azure.as_ref(), q, m, "invalid job").await;
+            if let Some(l) = &lease {
+                l.park(cfg, azure.as_ref(), "invalid job").await;
             }
             status::print(&fatal_line(None, format!("invalid job: {e}")));
             return EXIT_USAGE;
         }
     };
     let tenant_cfg = tenants.get(&job.tenant).cloned();
-    let attempt = lease.as_ref().map(|(_, m)| m.dequeue_count).unwrap_or(1);
+    let attempt = lease.as_ref().map(|l| l.dequeue_count).unwrap_or(1);
     let webhook = match webhook_target(cfg, &job, tenant_cfg.as_ref(), attempt) {
         Ok(w) => w,
         Err(e) => {
-            if let Some((q, m)) = &lease {
-                park(cfg, azure.as_ref(), q, m, "invalid webhook settings").await;
+            if let Some(l) = &lease {
+                l.park(cfg, azure.as_ref(), "invalid webhook settings")
+                    .await;
             }
-            status::print(&fatal_line(Some(&job), e));
+            let line = fatal_line(Some(&job), e);
+            status::print(&line);
+            // Still tell the bot record (there is no webhook to tell).
+            let mut r = Reporter::start(ReporterCtx {
+                records: records.clone(),
+                job: job.clone(),
+                state: state.clone(),
+                webhook_transcript: false,
+                receipts: None,
+                webhook: None,
+                outbox: None,
+                drain: Duration::ZERO,
+                seq: 0,
+            });
+            r.send(line);
+            r.finish(Duration::from_secs(10)).await;
             return EXIT_USAGE;
         }
     };
@@ -265,13 +281,13 @@ async fn run_inner(
     };
 
     // 3. Too many attempts: park.
-    if let Some((q, m)) = &lease {
-        if m.dequeue_count > cfg.queue.max_attempts {
+    if let Some(l) = &lease {
+        if l.dequeue_count > cfg.queue.max_attempts {
             let reason = format!(
                 "gave up after {} attempts (worker crashed or was evicted each time); job parked in {}",
                 cfg.queue.max_attempts, cfg.queue.poison_name
             );
-            park(cfg, azure.as_ref(), q, m, "too many attempts").await;
+            l.park(cfg, azure.as_ref(), "too many attempts").await;
             let mut r = Reporter::start(reporter_ctx);
             r.send(fatal_line(Some(&job), reason.clone()));
             r.finish(Duration::from_secs(10)).await;
@@ -283,11 +299,11 @@ async fn run_inner(
     // 4. The bot record: never run a finished job twice; honour a stop
     //    requested before we started.
     if let Some(rec) = &records {
-        match claim(rec, &job, lease.as_ref().map(|(_, m)| m.dequeue_count)).await {
+        match claim(rec, &job, lease.as_ref().map(|l| l.dequeue_count)).await {
             Ok(Claim::Run) => {}
             Ok(Claim::AlreadyFinished(status)) => {
-                if let Some((q, m)) = &lease {
-                    delete_job(q, m).await;
+                if let Some(l) = &lease {
+                    l.delete().await;
                 }
                 skipped(
                     &format!("bot already finished ({status}); redelivered job not run again"),
@@ -296,8 +312,8 @@ async fn run_inner(
                 return 0;
             }
             Ok(Claim::Cancelled) => {
-                if let Some((q, m)) = &lease {
-                    delete_job(q, m).await;
+                if let Some(l) = &lease {
+                    l.delete().await;
                 }
                 let mut r = Reporter::start(reporter_ctx);
                 let mut line = fatal_line(
@@ -327,11 +343,11 @@ async fn run_inner(
     // 5. Not before join_at.
     if let Some(at) = job.join_at_time() {
         if let Ok(wait) = at.duration_since(SystemTime::now()) {
-            if let (Some((q, m)), true) = (&mut lease, wait > Duration::from_secs(60)) {
+            if let (Some(l), true) = (&lease, wait > Duration::from_secs(60)) {
                 // Delivered early (clock skew, or a schedule beyond the
                 // queue's 7-day limit): hide it again until join_at.
                 let wait = wait.min(crate::azure::queue::MAX_VISIBILITY);
-                match q.renew(m, wait).await {
+                match l.defer(wait).await {
                     Ok(()) => {
                         skipped(
                             "join_at is in the future; job hidden until then",
@@ -354,7 +370,7 @@ async fn run_inner(
                     status::print(&line);
                     reporter.send(line);
                     reporter.finish(cfg.webhooks.drain + Duration::from_secs(30)).await;
-                    if let Some((q, m)) = &lease { delete_job(q, m).await; }
+                    if let Some(l) = &lease { l.delete().await; }
                     return 0;
                 }
             }
@@ -410,33 +426,40 @@ async fn run_inner(
             reporter
                 .finish(cfg.webhooks.drain + Duration::from_secs(30))
                 .await;
-            if let Some((q, m)) = &lease {
-                delete_job(q, m).await;
+            if let Some(l) = &lease {
+                l.delete().await;
             }
             return EXIT_FATAL;
         }
     };
     reporter.set_receipts(blob);
 
-    // 7. Keep the lease and watch for a stop request while the meeting runs.
-    let lease = lease.map(|(q, m)| (q, Arc::new(Mutex::new(m))));
-    let renewer = lease.as_ref().map(|(q, m)| {
-        let (q, m, every, len) = (q.clone(), m.clone(), cfg.queue.lease / 3, cfg.queue.lease);
-        let state = state.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                let mut guard = m.lock().await;
-                match q.renew(&mut guard, len).await {
-                    Ok(()) => state.metrics.inc("meetbot_worker_lease_renewals_total", "Job lease renewals.", &[("result", "ok")], 1.0),
-                    Err(e) => {
-                        state.metrics.inc("meetbot_worker_lease_renewals_total", "Job lease renewals.", &[("result", "error")], 1.0);
-                        warn!(error = %e, "Could not renew the job lease; retrying at the next interval.");
-                    }
+    // 7. Last check before joining: a stop requested during setup wins;
+    //    otherwise mark the bot joining, conditionally, so a concurrent
+    //    DELETE either cancels it first or sees it joining and asks it to
+    //    leave (the poll below).
+    if let Some(rec) = &records {
+        match mark_joining(rec, &job).await {
+            Ok(true) => {}
+            Ok(false) => {
+                let mut line = fatal_line(
+                    Some(&job),
+                    "stopped before joining (DELETE /v1/bots)".into(),
+                );
+                line.status = "cancelled";
+                status::print(&line);
+                reporter.send(line);
+                reporter
+                    .finish(cfg.webhooks.drain + Duration::from_secs(30))
+                    .await;
+                if let Some(l) = &lease {
+                    l.delete().await;
                 }
+                return 0;
             }
-        })
-    });
+            Err(e) => warn!(error = %e, "Could not mark the bot joining; continuing."),
+        }
+    }
     let stopper = records.clone().map(|rec| {
         let (tenant, bot_id, every) = (
             job.tenant.clone(),
@@ -478,12 +501,8 @@ async fn run_inner(
     reporter
         .finish(cfg.webhooks.drain + Duration::from_secs(30))
         .await;
-    if let Some(h) = renewer {
-        h.abort();
-    }
-    if let Some((q, m)) = &lease {
-        let m = m.lock().await;
-        delete_job(q, &m).await;
+    if let Some(l) = &lease {
+        l.delete().await;
     }
     if outcome.success {
         0
@@ -535,6 +554,102 @@ async fn take_one(
         }
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
+}
+
+/// A leased job: its lease is renewed every third of `len` from the moment it
+/// is taken until it is deleted, parked or deferred.
+struct Lease {
+    q: JobQueue,
+    m: Arc<Mutex<Leased>>,
+    id: String,
+    dequeue_count: u32,
+    renewer: tokio::task::JoinHandle<()>,
+}
+
+impl Lease {
+    fn start(q: JobQueue, m: Leased, len: Duration, state: Arc<WorkerState>) -> Lease {
+        let (id, dequeue_count) = (m.id.clone(), m.dequeue_count);
+        let m = Arc::new(Mutex::new(m));
+        let (q2, m2) = (q.clone(), m.clone());
+        let renewer = tokio::spawn(async move {
+            let every = len / 3;
+            loop {
+                tokio::time::sleep(every).await;
+                let mut guard = m2.lock().await;
+                let result = q2.renew(&mut guard, len).await;
+                drop(guard);
+                let label = if result.is_ok() { "ok" } else { "error" };
+                state.metrics.inc(
+                    "meetbot_worker_lease_renewals_total",
+                    "Job lease renewals.",
+                    &[("result", label)],
+                    1.0,
+                );
+                if let Err(e) = result {
+                    warn!(error = %e, "Could not renew the job lease; retrying at the next interval.");
+                }
+            }
+        });
+        Lease {
+            q,
+            m,
+            id,
+            dequeue_count,
+            renewer,
+        }
+    }
+
+    /// Stops renewing. Takes the lock first, so a renewal in flight finishes
+    /// and its new pop receipt is kept.
+    async fn stop_renewing(&self) -> tokio::sync::MutexGuard<'_, Leased> {
+        let guard = self.m.lock().await;
+        self.renewer.abort();
+        guard
+    }
+
+    async fn delete(&self) {
+        let m = self.stop_renewing().await;
+        delete_job(&self.q, &m).await;
+    }
+
+    async fn park(&self, cfg: &Config, azure: Option<&AzureEnv>, why: &str) {
+        let m = self.stop_renewing().await;
+        park(cfg, azure, &self.q, &m, why).await;
+    }
+
+    async fn defer(&self, wait: Duration) -> Result<(), crate::azure::queue::QueueError> {
+        let mut m = self.stop_renewing().await;
+        self.q.renew(&mut m, wait).await
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.renewer.abort();
+    }
+}
+
+/// Marks the bot `joining` unless a stop was requested (false). Conditional
+/// on the record's ETag, so it cannot overwrite a concurrent cancellation.
+async fn mark_joining(rec: &Records, job: &Job) -> Result<bool, crate::azure::table::TableError> {
+    for _ in 0..5 {
+        let Some((r, etag)) = rec.get_with_etag(&job.tenant, job.bot_id()).await? else {
+            return Ok(true);
+        };
+        if r.stop_requested || r.is_terminal() {
+            return Ok(false);
+        }
+        let u = Update {
+            status: Some("joining".into()),
+            ..Default::default()
+        };
+        match rec.update_if(&job.tenant, job.bot_id(), &u, &etag).await {
+            Ok(()) => return Ok(true),
+            Err(crate::azure::table::TableError::PreconditionFailed) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
 }
 
 async fn delete_job(q: &JobQueue, m: &Leased) {
