@@ -20,7 +20,10 @@ fn fleet_ws(az: &Azurite, extra: &str) -> Workspace {
     let tenants = ws.path().join("tenants.toml");
     std::fs::write(
         &tenants,
-        format!("[tenants.acme]\ntoken_sha256 = []\n[tenants.acme.webhook_secrets]\nmain = {SECRET:?}\n"),
+        format!(
+            "[tenants.acme]\ntoken_sha256 = []\n[tenants.acme.webhook_secrets]\nmain = {SECRET:?}\n\
+             [tenants.beta]\nwebhook_transcript = true\n[tenants.beta.webhook_secrets]\nmain = {SECRET:?}\n"
+        ),
     )
     .unwrap();
     ws.extra_config = format!(
@@ -342,6 +345,38 @@ fn storage_down_at_commit_time_is_retried_and_the_recording_stays_encrypted() {
     assert_eq!(doc["complete"], true, "{doc}");
     assert!(wer(SAID, &speaker_text(&doc, "Host")) < 0.35, "{doc}");
     assert!(ws.recording_dirs().is_empty());
+}
+
+#[test]
+fn a_tenant_that_opted_in_gets_the_transcript_in_its_webhook() {
+    let az = Azurite::start();
+    let hooks = WebhookReceiver::start(SECRET);
+    let ws = fleet_ws(&az, "");
+    let j = job(&ws, &hooks.url(), "b-7", "m7", "fast").replace("\"acme\"", "\"beta\"");
+    let run = worker(&ws, Some(&j));
+    assert_eq!(run.code, Some(0), "{}", run.describe());
+    let got = hooks.wait_for(6, Duration::from_secs(10));
+    assert_eq!(got.len(), 6, "{got:#?}");
+    let bodies: Vec<serde_json::Value> = got
+        .iter()
+        .map(|h| {
+            assert_eq!(h["ok"], true, "{h}");
+            serde_json::from_str(h["body"].as_str().unwrap()).unwrap()
+        })
+        .collect();
+    let committed = bodies
+        .iter()
+        .find(|b| b["data"]["status"] == "transcript_committed")
+        .unwrap();
+    let doc = &committed["data"]["transcript_document"];
+    assert_eq!(doc["tenant"], "beta", "{committed}");
+    assert!(wer(SAID, &speaker_text(doc, "Host")) < 0.35, "{doc}");
+    // Only that one message carries text.
+    let with_text = bodies
+        .iter()
+        .filter(|b| b["data"].get("transcript_document").is_some())
+        .count();
+    assert_eq!(with_text, 1);
 }
 
 fn hex_sha(b: &[u8]) -> String {
