@@ -255,7 +255,17 @@ pub async fn join(mut cfg: Config, args: JoinArgs) -> i32 {
         Ok(k) => k,
         Err(e) => return fatal_early(e),
     };
-    let store = Arc::new(LocalDirStore::new(cfg.paths.transcripts_dir()));
+    let store: Arc<dyn crate::store::TranscriptStore> = match cfg.store.kind {
+        crate::config::StoreKind::Local => {
+            Arc::new(LocalDirStore::new(cfg.paths.transcripts_dir()))
+        }
+        crate::config::StoreKind::AzureBlob => {
+            match crate::fleet::AzureEnv::from_config(&cfg).and_then(|az| az.blob_store(&cfg)) {
+                Ok(s) => Arc::new(s),
+                Err(e) => return usage_error(e.to_string()),
+            }
+        }
+    };
     let comps = match prepare(&cfg, store, keys) {
         Ok(c) => c,
         Err(e) => return fatal_early(e),

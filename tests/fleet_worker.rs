@@ -379,6 +379,32 @@ fn a_tenant_that_opted_in_gets_the_transcript_in_its_webhook() {
     assert_eq!(with_text, 1);
 }
 
+#[test]
+fn join_commits_to_the_blob_store_when_configured() {
+    let az = Azurite::start();
+    let ws = fleet_ws(&az, "");
+    let wav = ws.path().join("said.wav");
+    espeak("en-us", SAID, &wav);
+    let m = ws.manifest(&[("Host", &wav, 0)], "fast");
+    let run = ws.join(
+        &format!("replay:{}", m.display()),
+        &["--tenant", "acme", "--meeting-id", "j1"],
+    );
+    assert_eq!(run.code, Some(0), "{}", run.describe());
+    let last = run.last();
+    let cfg = az.config();
+    let store = az.env().blob_store(&cfg).unwrap();
+    let json = rt().block_on(store.read("acme", "j1.json")).unwrap();
+    assert_eq!(
+        hex_sha(&json),
+        last["transcript"]["sha256"].as_str().unwrap()
+    );
+    assert!(last["transcript"]["location"]
+        .as_str()
+        .unwrap()
+        .starts_with("http://127.0.0.1:"));
+}
+
 fn hex_sha(b: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(b))
