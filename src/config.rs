@@ -784,6 +784,7 @@ impl Config {
                 keepalive_interval: j.keepalive_interval,
                 request_timeout: j.request_timeout,
                 max_publishers: j.max_publishers,
+                pinned_addrs: Vec::new(),
             },
             transport: TransportConfig {
                 udp_bind: self

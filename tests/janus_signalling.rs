@@ -1316,6 +1316,38 @@ mod real_janus {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connects_to_the_pinned_address_not_what_the_name_resolves_to() {
+        let janus = start_janus();
+        // `janus.invalid` never resolves: only the pinned (vetted) address can
+        // be what the client connects to.
+        let url = JanusUrl::parse("janus+ws://janus.invalid:8188/1234").unwrap();
+        let opts = JanusOptions {
+            pinned_addrs: vec![
+                // A dead address first: the next one is tried.
+                format!("127.0.0.1:{}", super::common::free_port())
+                    .parse()
+                    .unwrap(),
+                format!("127.0.0.1:{}", janus.port).parse().unwrap(),
+            ],
+            ..JanusOptions::default()
+        };
+        let (client, mut rx) = JanusClient::connect(&url, "meetbot-test", &opts)
+            .await
+            .expect("connect via the pinned address");
+        match next_event(&mut rx).await {
+            ClientEvent::Event(SigEvent::Joined) => {}
+            other => panic!("expected Joined, got {other:?}"),
+        }
+        client.leave().await;
+        // Without pinning the same URL cannot connect at all.
+        assert!(
+            JanusClient::connect(&url, "meetbot-test", &JanusOptions::default())
+                .await
+                .is_err()
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn joins_a_real_janus_room_and_leaves() {
         let janus = start_janus();
         let opts = JanusOptions::default();

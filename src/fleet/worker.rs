@@ -396,7 +396,7 @@ async fn run_inner(
         .unwrap_or(cfg.store.retention);
     let setup = async {
         cfg.validate().map_err(|e| e.to_string())?;
-        check_meeting_url(cfg, &job.meeting_url).await?;
+        let pinned = check_meeting_url(cfg, &job.meeting_url).await?;
         let blob = match (cfg.store.kind, &azure) {
             (StoreKind::AzureBlob, Some(az)) => Some(
                 az.blob_store(cfg)
@@ -411,12 +411,12 @@ async fn run_inner(
         };
         let keys = super::build_keys(cfg, azure.as_ref()).await?;
         let comps = crate::cli::prepare(cfg, store, keys)?;
-        let platform = crate::platform::open(
-            &Pii::new(job.meeting_url.clone()),
-            &cfg.bot.name,
-            &cfg.platform(),
-        )
-        .map_err(|e| e.to_string())?;
+        // Connect (and reconnect) only to the addresses just vetted.
+        let mut settings = cfg.platform();
+        settings.janus.pinned_addrs = pinned;
+        let platform =
+            crate::platform::open(&Pii::new(job.meeting_url.clone()), &cfg.bot.name, &settings)
+                .map_err(|e| e.to_string())?;
         Ok::<_, String>((comps, platform, blob))
     };
     let (comps, platform, blob) = match setup.await {
@@ -514,11 +514,15 @@ async fn run_inner(
 /// Meeting URLs from jobs: `replay:` only when `urls.allow_replay`; others
 /// must pass the URL guard (public addresses, or `urls.allow`) — checked again
 /// here, at join time, not only when the job was submitted.
-pub async fn check_meeting_url(cfg: &Config, url: &str) -> Result<(), String> {
+/// Returns the vetted addresses, to pin the connection to.
+pub async fn check_meeting_url(
+    cfg: &Config,
+    url: &str,
+) -> Result<Vec<std::net::SocketAddr>, String> {
     let url = url.trim();
     if url.starts_with("replay:") {
         return if cfg.urls.allow_replay {
-            Ok(())
+            Ok(Vec::new())
         } else {
             Err("meeting_url: replay: URLs are disabled (urls.allow_replay)".into())
         };
@@ -526,7 +530,7 @@ pub async fn check_meeting_url(cfg: &Config, url: &str) -> Result<(), String> {
     cfg.url_policy()
         .check_meeting_url(url)
         .await
-        .map(|_| ())
+        .map(|c| c.addrs)
         .map_err(|e| format!("meeting_url: {e}"))
 }
 

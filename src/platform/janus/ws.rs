@@ -46,6 +46,11 @@ pub struct JanusOptions {
     pub request_timeout: Duration,
     /// Most publishers tracked and subscribed to.
     pub max_publishers: usize,
+    /// Connect only to these addresses (the ones the URL guard vetted), in
+    /// order, instead of resolving the URL's host again: a DNS answer that
+    /// changed since the check (rebinding) cannot send the bot inside. TLS
+    /// still verifies the URL's host name. Empty: resolve normally.
+    pub pinned_addrs: Vec<std::net::SocketAddr>,
 }
 
 impl Default for JanusOptions {
@@ -55,6 +60,7 @@ impl Default for JanusOptions {
             keepalive_interval: Duration::from_secs(25),
             request_timeout: Duration::from_secs(10),
             max_publishers: 64,
+            pinned_addrs: Vec::new(),
         }
     }
 }
@@ -110,7 +116,7 @@ impl JanusClient {
         bot_name: &str,
         opts: &JanusOptions,
     ) -> Result<(JanusClient, mpsc::Receiver<ClientEvent>), ConnectError> {
-        let ws = timeout(opts.connect_timeout, open_socket(url))
+        let ws = timeout(opts.connect_timeout, open_socket(url, &opts.pinned_addrs))
             .await
             .map_err(|_| ConnectError::Timeout(opts.connect_timeout))??;
         debug!(tls = url.is_tls(), "Janus WebSocket open.");
@@ -156,7 +162,7 @@ fn now() -> std::time::Instant {
     TokioInstant::now().into_std()
 }
 
-async fn open_socket(url: &JanusUrl) -> Result<Ws, ConnectError> {
+async fn open_socket(url: &JanusUrl, pinned: &[std::net::SocketAddr]) -> Result<Ws, ConnectError> {
     let mut req = url
         .ws_url
         .expose()
@@ -175,10 +181,33 @@ async fn open_socket(url: &JanusUrl) -> Result<Ws, ConnectError> {
     } else {
         tokio_tungstenite::Connector::Plain
     };
-    let (ws, resp) =
+    let (ws, resp) = if pinned.is_empty() {
         tokio_tungstenite::connect_async_tls_with_config(req, Some(config), true, Some(connector))
             .await
-            .map_err(|e| ConnectError::Failed(e.to_string()))?;
+            .map_err(|e| ConnectError::Failed(e.to_string()))?
+    } else {
+        let mut last = None;
+        let mut stream = None;
+        for addr in pinned {
+            match TcpStream::connect(addr).await {
+                Ok(s) => {
+                    stream = Some(s);
+                    break;
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        let Some(stream) = stream else {
+            return Err(ConnectError::Failed(
+                last.map(|e| e.to_string())
+                    .unwrap_or_else(|| "no address".into()),
+            ));
+        };
+        let _ = stream.set_nodelay(true);
+        tokio_tungstenite::client_async_tls_with_config(req, stream, Some(config), Some(connector))
+            .await
+            .map_err(|e| ConnectError::Failed(e.to_string()))?
+    };
     let agreed = resp
         .headers()
         .get("Sec-WebSocket-Protocol")
