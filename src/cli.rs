@@ -55,6 +55,9 @@ pub enum Command {
     Serve,
     /// Fleet mode: delete expired transcripts and orphaned recordings, with receipts.
     Sweep(SweepArgs),
+    /// Check the configuration (built-in defaults, --config file, MEETBOT_* variables) and
+    /// print the effective settings as TOML, secrets redacted. Exits 2 when it is invalid.
+    Config,
 }
 
 /// `meetbot worker`.

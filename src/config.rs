@@ -470,6 +470,13 @@ pub struct LogConfig {
     pub level: String,
 }
 
+/// Settings that hold secrets: never printed.
+pub const SECRET_KEYS: &[(&str, &str)] = &[
+    ("stt", "api_key"),
+    ("stt_serve", "api_key"),
+    ("azure", "storage_sas"),
+];
+
 /// A configuration error, naming the key and where it came from.
 #[derive(Debug, thiserror::Error)]
 #[error("configuration: {0}")]
@@ -481,6 +488,15 @@ impl Config {
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
+        Self::load_effective(file, env).map(|(cfg, _)| cfg)
+    }
+
+    /// Like [`Config::load`], also returning the merged settings as a TOML
+    /// table with every secret replaced by `"<redacted>"` (what `meetbot config` prints).
+    pub fn load_effective(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(Config, toml::Table), ConfigError> {
         // The built-in file is part of the binary; failing to parse it is a bug
         // caught by the tests.
         let mut root: toml::Table = toml::from_str(DEFAULT_TOML)
@@ -517,10 +533,19 @@ impl Config {
             apply_env(&mut root, &defaults, &name, &value)?;
         }
 
-        let cfg: Config = serde_path_to_error::deserialize(toml::Value::Table(root))
+        let cfg: Config = serde_path_to_error::deserialize(toml::Value::Table(root.clone()))
             .map_err(|e| ConfigError(format!("{}: {}", e.path(), e.inner())))?;
         cfg.validate()?;
-        Ok(cfg)
+        for (section, key) in SECRET_KEYS {
+            if let Some(toml::Value::Table(t)) = root.get_mut(*section) {
+                if let Some(v) = t.get_mut(*key) {
+                    if v.as_str().is_some_and(|s| !s.is_empty()) {
+                        *v = toml::Value::String("<redacted>".into());
+                    }
+                }
+            }
+        }
+        Ok((cfg, root))
     }
 
     /// Checks values that parse but make no sense.
@@ -1015,6 +1040,28 @@ mod tests {
         assert_eq!(c.lifecycle.grace, Duration::from_secs(25));
         assert_eq!(c.recording.max_age, Duration::from_secs(86400));
         assert_eq!(c.paths.spool_dir(), PathBuf::from("meetbot-data/spool"));
+    }
+
+    #[test]
+    fn effective_settings_redact_every_secret_and_keep_the_rest() {
+        let env = [
+            ("MEETBOT_STT__API_KEY", "sk-live-1"),
+            ("MEETBOT_STT_SERVE__API_KEY", "serve-2"),
+            ("MEETBOT_AZURE__STORAGE_SAS", "sv=2024&sig=3"),
+            ("MEETBOT_LIFECYCLE__GRACE", "40s"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let (cfg, table) = Config::load_effective(None, env).unwrap();
+        assert_eq!(cfg.stt.api_key.expose(), "sk-live-1");
+        let text = toml::to_string(&table).unwrap();
+        for secret in ["sk-live-1", "serve-2", "sig=3"] {
+            assert!(!text.contains(secret), "{secret} printed");
+        }
+        assert_eq!(text.matches("\"<redacted>\"").count(), 3, "{text}");
+        assert!(text.contains("grace = \"40s\""), "{text}");
+        // Empty secrets stay visibly empty.
+        let (_, table) = Config::load_effective(None, Vec::new()).unwrap();
+        assert!(!toml::to_string(&table).unwrap().contains("<redacted>"));
     }
 
     #[test]

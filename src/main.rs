@@ -10,6 +10,18 @@ fn main() {
     // ptrace us or read /proc/<pid>/mem.
     meetbot::cli::harden_process();
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Config) {
+        match meetbot::config::Config::load_effective(cli.config.as_deref(), std::env::vars()) {
+            Ok((_, table)) => {
+                print!("{}", toml::to_string(&table).unwrap_or_default());
+                std::process::exit(0);
+            }
+            Err(e) => {
+                eprintln!("meetbot: {e}");
+                std::process::exit(2);
+            }
+        }
+    }
     let cfg = match cli::load_config(&cli) {
         Ok(c) => c,
         Err(e) => {
@@ -66,6 +78,7 @@ fn main() {
         Command::Sweep(args) => {
             runtime.block_on(meetbot::fleet::sweep::sweep_cmd(cfg, args.dry_run))
         }
+        Command::Config => 0,
         Command::Bench(args) => match runtime.block_on(meetbot::benchcmd::run(cfg, args)) {
             Ok(()) => 0,
             Err(e) => {
