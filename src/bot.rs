@@ -77,11 +77,20 @@ pub struct Outcome {
 /// Destroys recordings left by processes that died (SIGKILL, OOM, power
 /// loss) and writes a receipt for each. Returns how many were swept.
 pub fn sweep_spool(cfg: &RecordingConfig, audit: &AuditLog) -> anyhow::Result<usize> {
+    sweep_spool_receipts(cfg, audit).map(|r| r.len())
+}
+
+/// [`sweep_spool`], returning the receipts (each already appended to the audit log).
+pub fn sweep_spool_receipts(
+    cfg: &RecordingConfig,
+    audit: &AuditLog,
+) -> anyhow::Result<Vec<DeletionReceipt>> {
     if !cfg.spool_dir.exists() {
-        return Ok(0);
+        return Ok(Vec::new());
     }
     let report = recording::sweep_orphans(&cfg.spool_dir)?;
     let n = report.destroyed.len();
+    let mut receipts = Vec::with_capacity(n);
     let mut append_failures = 0usize;
     for r in &report.destroyed {
         let receipt = DeletionReceipt::new(
@@ -97,6 +106,7 @@ pub fn sweep_spool(cfg: &RecordingConfig, audit: &AuditLog) -> anyhow::Result<us
             error!(recording_id = %r.recording_id, error = %e, "Swept an orphaned recording but could not append its receipt: operator action needed.");
             append_failures += 1;
         }
+        receipts.push(receipt);
     }
     for f in &report.failed {
         error!(recording_id = %f.recording_id, error = %f.error, "Could not sweep an orphaned recording: operator action needed.");
@@ -112,7 +122,7 @@ pub fn sweep_spool(cfg: &RecordingConfig, audit: &AuditLog) -> anyhow::Result<us
             "{append_failures} orphaned recording(s) were destroyed but their receipts could not be appended to the audit log"
         );
     }
-    Ok(n)
+    Ok(receipts)
 }
 
 struct SttResult {

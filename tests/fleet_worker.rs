@@ -409,3 +409,100 @@ fn hex_sha(b: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(b))
 }
+
+/// A worker container that crashed restarts in the same pod (the chart's restartPolicy:
+/// OnFailure), whose memory-backed spool survives: the restarted worker destroys the
+/// crashed run's recording before it waits for a job, even when no job comes, and its
+/// receipt reaches the audit log, stdout and the tenant's container.
+#[test]
+fn a_restarted_worker_destroys_the_crashed_runs_recording_even_without_a_job() {
+    let az = Azurite::start();
+    let hooks = WebhookReceiver::start(SECRET);
+    let ws = fleet_ws(&az, "[recording]\nmemory_budget_kib = 0\n");
+    let wav = ws.path().join("said.wav");
+    espeak("en-us", SAID, &wav);
+    let quiet = ws.path().join("quiet.wav");
+    silence(30.0, &quiet);
+    let long = ws.path().join("long.wav");
+    concat(&[wav, quiet], &long);
+    let m = ws.manifest(&[("Host", &long, 0)], "realtime");
+    let j = serde_json::json!({
+        "version": 1, "bot_id": "b-crash", "tenant": "acme", "meeting_id": "m-crash",
+        "meeting_url": format!("replay:{}", m.display()),
+        "webhook": {"url": hooks.url(), "secret_ref": "main"}
+    })
+    .to_string();
+    let mut c = ws.command();
+    c.arg("worker")
+        .env("MEETBOT_JOB", &j)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = c.spawn().unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    loop {
+        let l = lines.next().expect("status line").unwrap();
+        if l.contains("\"in_call_recording\"") {
+            break;
+        }
+    }
+    std::thread::sleep(Duration::from_secs(4));
+    child.kill().unwrap(); // SIGKILL, like an OOM kill: no cleanup
+    child.wait().unwrap();
+    assert_eq!(
+        ws.recording_dirs().len(),
+        1,
+        "the crashed run left its recording"
+    );
+    let pcm = wav_pcm(&ws.path().join("said.wav"));
+    for f in ws.spool_files() {
+        assert_no_plaintext_audio(&f.display().to_string(), &read(&f), &pcm);
+    }
+
+    // The restart: the queue is empty (the crashed job is still leased).
+    let q = az.env().queue(&az.config(), "meetbot-jobs").unwrap();
+    rt().block_on(q.create_if_missing()).unwrap();
+    let run = worker(&ws, None);
+    assert_eq!(run.code, Some(0), "{}", run.describe());
+    let lines = run.lines();
+    let swept: Vec<_> = lines
+        .iter()
+        .filter(|l| l["status"] == "orphan_swept")
+        .collect();
+    assert_eq!(swept.len(), 1, "{}", run.describe());
+    let receipt = &swept[0]["receipt"];
+    assert_eq!(receipt["tenant"], "acme");
+    assert_eq!(receipt["meeting_id"], "m-crash");
+    assert_eq!(receipt["transcript_committed"], false);
+    assert!(
+        receipt["ciphertext_bytes"].as_u64().unwrap() > 0,
+        "{receipt}"
+    );
+    assert_eq!(run.statuses().last().map(String::as_str), Some("skipped"));
+    assert!(ws.recording_dirs().is_empty(), "the recording is gone");
+
+    // The receipt is in the tenant's container, byte for byte what the audit log holds.
+    let rid = receipt["recording_id"].as_str().unwrap().to_string();
+    let store = az.env().blob_store(&az.config()).unwrap();
+    let blob = rt()
+        .block_on(store.read("acme", &format!("receipt-{rid}.json")))
+        .expect("receipt blob");
+    let stored: serde_json::Value = serde_json::from_slice(&blob).unwrap();
+    assert_eq!(&stored, receipt);
+    assert!(swept[0]["receipt_location"]
+        .as_str()
+        .unwrap()
+        .contains(&rid));
+    let verify = Run::from(ws.command().args(["audit", "verify"]).output().unwrap());
+    assert_eq!(verify.code, Some(0), "{}", verify.describe());
+    assert!(std::fs::read_to_string(ws.audit_log())
+        .unwrap()
+        .contains(&rid));
+
+    // Another restart finds nothing to sweep.
+    let again = worker(&ws, None);
+    assert!(
+        again.lines().iter().all(|l| l["status"] != "orphan_swept"),
+        "{}",
+        again.describe()
+    );
+}

@@ -177,6 +177,15 @@ async fn run_inner(
         }
     };
 
+    // 0. A crashed run's recording on this pod's spool (the container restarted in
+    //    the same pod, whose spool survives) is destroyed before waiting for a job,
+    //    even if no job comes: its receipt goes to the audit log, stdout and the
+    //    tenant's container.
+    if let Err(e) = sweep_orphans_at_start(cfg, azure.as_ref()).await {
+        status::print(&fatal_line(None, e));
+        return EXIT_FATAL;
+    }
+
     // 1. Take the job.
     let mut lease: Option<Lease> = None;
     let text = match source {
@@ -1028,6 +1037,49 @@ async fn hand_to_outbox(outbox: Option<&JobQueue>, pending: Vec<PendingDelivery>
             error!(webhook_id = %p.id, "A webhook delivery was lost: the outbox queue is unreachable.");
         }
     }
+}
+
+/// Destroys recordings a previous run on this spool left behind (see step 0 of
+/// [`run`]); an error when the spool or the audit log cannot be handled.
+async fn sweep_orphans_at_start(cfg: &Config, azure: Option<&AzureEnv>) -> Result<(), String> {
+    let spool = cfg.paths.spool_dir();
+    let has_entries = std::fs::read_dir(&spool).is_ok_and(|mut d| d.next().is_some());
+    if !has_entries {
+        return Ok(());
+    }
+    let audit = crate::audit::AuditLog::open(cfg.paths.audit_log())
+        .and_then(|a| a.check_appendable().map(|()| a))
+        .map_err(|e| format!("audit log: {e} (inspect it with `meetbot audit verify`)"))?;
+    let receipts =
+        crate::bot::sweep_spool_receipts(&crate::recording::RecordingConfig::new(spool), &audit)
+            .map_err(|e| format!("sweeping the spool: {e:#}"))?;
+    let store = match azure {
+        Some(az) if cfg.store.kind == StoreKind::AzureBlob => az.blob_store(cfg).ok(),
+        _ => None,
+    };
+    for r in receipts {
+        let mut location = None;
+        if let Some(store) = &store {
+            let body = serde_json::to_vec_pretty(&r).unwrap_or_default();
+            location = retry("Storing an orphan's deletion receipt", || {
+                store.put_receipt(&r.tenant, &r.recording_id, &body)
+            })
+            .await;
+        }
+        println!(
+            "{}",
+            json!({
+                "status": "orphan_swept",
+                "at": status::now_rfc3339(),
+                "tenant": r.tenant,
+                "meeting_id": r.meeting_id,
+                "recording_id": r.recording_id,
+                "receipt": r,
+                "receipt_location": location,
+            })
+        );
+    }
+    Ok(())
 }
 
 async fn serve_health(listener: tokio::net::TcpListener, state: Arc<WorkerState>) {
