@@ -60,14 +60,12 @@ RUN if [ "$BAKE_MODEL" = "true" ]; then \
 
 # ---- runtime ---------------------------------------------------------------------
 FROM debian:${DEBIAN}-slim AS runtime
-# The binary links libstdc++6, libgcc-s1, libm and libc (CTranslate2 is C++);
-# bookworm-slim has them all (apt depends on libstdc++6; libstdc++6 is named so
-# the dependency is explicit). ca-certificates: the Azure identity credentials
-# verify TLS against the system roots (meetbot's own clients use built-in roots).
-RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates libstdc++6 \
- && rm -rf /var/lib/apt/lists/* \
- && groupadd --system --gid 10001 meetbot \
+# No packages added: the binary links only libc, libm, libgcc_s and libstdc++
+# (CTranslate2 is C++), which bookworm-slim has (apt depends on them), and the
+# step after the COPYs fails the build if one goes missing. No CA store either:
+# every TLS client in meetbot (Azure SDK transport, Janus, webhooks, STT)
+# trusts the built-in web PKI roots plus azure.ca_file, never the system's.
+RUN groupadd --system --gid 10001 meetbot \
  && useradd --system --uid 10001 --gid meetbot --home-dir /data --no-create-home \
       --shell /usr/sbin/nologin meetbot \
  && install -d -o 10001 -g 10001 -m 0750 /data /data/spool
