@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{anyhow, Context};
+use anyhow::anyhow;
 
 use crate::config::Config;
 use crate::core::media::ParticipantId;
@@ -54,10 +54,11 @@ pub async fn run(cfg: Config, args: BenchArgs) -> anyhow::Result<()> {
             let packets = crate::bench::opus_packets_from_wav(&wav)
                 .map_err(|e| anyhow!("{}: {e}", wav.display()))?;
             // Encryption as the real recording does it: AES-256-GCM chunks kept
-            // in memory (a budget large enough that nothing spills).
-            let spool = tempfile_dir()?;
+            // in memory (a budget large enough that nothing spills). The
+            // recording lives in the configured spool like a meeting's, never in
+            // $TMPDIR: the container's root filesystem is read-only.
             let rcfg = RecordingConfig {
-                spool_dir: spool.clone(),
+                spool_dir: cfg.paths.spool_dir(),
                 memory_budget_bytes: 1 << 30,
                 chunk_bytes: 16 * 1024,
             };
@@ -86,7 +87,6 @@ pub async fn run(cfg: Config, args: BenchArgs) -> anyhow::Result<()> {
                 });
             let stats = rec.stats();
             rec.destroy()?;
-            let _ = std::fs::remove_dir_all(&spool);
             if failures > 0 {
                 return Err(anyhow!(
                     "{failures} recording appends failed during the benchmark"
@@ -117,6 +117,7 @@ pub async fn run(cfg: Config, args: BenchArgs) -> anyhow::Result<()> {
 #[cfg(feature = "whisper")]
 fn whisper(cfg: Config, wav: PathBuf, runs: usize) -> anyhow::Result<()> {
     use crate::stt::whisper::{bench_rtf, WhisperSettings};
+    use anyhow::Context as _;
     let bytes = std::fs::read(&wav).with_context(|| format!("cannot read {}", wav.display()))?;
     let settings = WhisperSettings {
         threads: cfg.stt.threads,
@@ -147,10 +148,4 @@ fn whisper(_cfg: Config, _wav: PathBuf, _runs: usize) -> anyhow::Result<()> {
 
 fn round(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
-}
-
-fn tempfile_dir() -> anyhow::Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("meetbot-bench-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    Ok(dir)
 }

