@@ -108,6 +108,21 @@ class Render:
         return self.one("ConfigMap")["data"]["meetbot.toml"]
 
 
+def image_env() -> dict:
+    """The ENV of the Dockerfile's final stage: the container starts with it, and the pod
+    spec's env is applied over it."""
+    stages = re.split(r"(?im)^FROM\s", (ROOT / "Dockerfile").read_text())
+    text = re.sub(r"\\\n", " ", stages[-1])
+    env = {}
+    for line in text.splitlines():
+        m = re.match(r"\s*ENV\s+(.*)", line)
+        if m:
+            for k, v in re.findall(r"(\w+)=(\"[^\"]*\"|\S+)", m.group(1)):
+                env[k] = v.strip('"')
+    assert env, "no ENV in the Dockerfile's final stage"
+    return env
+
+
 def effective_config(render: Render, container: dict) -> dict:
     """The settings the container would run with, as the meetbot binary computes them
     from the rendered ConfigMap and the container's environment (secrets stubbed)."""
@@ -117,7 +132,7 @@ def effective_config(render: Render, container: dict) -> dict:
     with tempfile.TemporaryDirectory() as d:
         cfg = Path(d) / "meetbot.toml"
         cfg.write_text(render.config_toml())
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **image_env()}
         for e in container.get("env", []):
             if e["name"] == "MEETBOT_CONFIG":
                 env[e["name"]] = str(cfg)  # the mounted ConfigMap
@@ -735,6 +750,18 @@ class Config(unittest.TestCase):
         self.assertEqual(cfg["lifecycle"]["grace"], "40s")
         self.assertEqual(cfg["urls"]["allow"], ["janus.meet.internal.example.com"])
         self.assertEqual(cfg["azure"]["blob_url"], "https://meetbotprod.blob.core.windows.net")
+
+    def test_model_dir_and_paths_win_over_the_image_environment(self):
+        self.assertIn("MEETBOT_STT__MODEL_DIR", image_env())
+        r = Render(merged(MINIMAL, {"model": {"dir": "/models/faster-whisper-small.en", "volume": {"persistentVolumeClaim": {"claimName": "whisper"}}}}))
+        for kind, component in (("ScaledJob", None),):
+            c = r.one(kind)["spec"]["jobTargetRef"]["template"]["spec"]["containers"][0]
+            self.assertEqual(effective_config(r, c)["stt"]["model_dir"], "/models/faster-whisper-small.en")
+        for override in ({"paths": {"spool_dir": "/tmp/spool"}}, {"stt": {"model_dir": "/x"}}):
+            with self.subTest(config=override):
+                with helm.Chart.load(CHART) as chart:
+                    with self.assertRaisesRegex(helm.HelmRenderError, "config\\.(paths|stt)"):
+                        chart.render(merged(MINIMAL, {"config": override}), name="mb", namespace="meetbot")
 
     def test_a_misspelt_setting_fails_in_meetbot_not_silently(self):
         r = Render(merged(MINIMAL, {"config": {"lifecycle": {"grase": "40s"}}}))

@@ -215,6 +215,14 @@ imagePullSecrets:
 {{- define "meetbot.env" -}}
 - name: MEETBOT_CONFIG
   value: /etc/meetbot/config/meetbot.toml
+# The image sets these as environment variables, which win over the config file: the chart
+# sets them to its own mount points and model directory.
+- name: MEETBOT_PATHS__DATA_DIR
+  value: /data
+- name: MEETBOT_PATHS__SPOOL_DIR
+  value: /data/spool
+- name: MEETBOT_STT__MODEL_DIR
+  value: {{ .Values.model.dir | quote }}
 {{- if eq .Values.azure.auth "sas" }}
 - name: MEETBOT_AZURE__STORAGE_SAS
   valueFrom:

@@ -43,6 +43,14 @@ template uses.
 {{- if and (eq $v.stt.mode "openai") (not $v.stt.url) -}}
 {{- $errors = append $errors "stt.url: the OpenAI-compatible API base (e.g. https://api.openai.com/v1) for stt.mode=openai" -}}
 {{- end -}}
+{{- range $key := list "data_dir" "spool_dir" -}}
+{{- if hasKey (default dict $v.config.paths) $key -}}
+{{- $errors = append $errors (printf "config.paths.%s: set by the chart to match its volumes (/data, /data/spool); remove it" $key) -}}
+{{- end -}}
+{{- end -}}
+{{- if hasKey (default dict $v.config.stt) "model_dir" -}}
+{{- $errors = append $errors "config.stt.model_dir: use model.dir (the image's environment would override the config file)" -}}
+{{- end -}}
 {{- if $errors -}}
 {{- fail (printf "\n\nmeetbot: set these values:\n  - %s\n\nSee docs/deploy.md." (join "\n  - " $errors)) -}}
 {{- end -}}
