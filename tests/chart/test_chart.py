@@ -559,7 +559,8 @@ class Worker(unittest.TestCase):
             with self.subTest(scenario=name):
                 tpl = r.one("ScaledJob")["spec"]["jobTargetRef"]["template"]
                 cfg = effective_config(r, tpl["spec"]["containers"][0])
-                need = seconds(cfg["lifecycle"]["grace"]) + seconds(cfg["webhooks"]["drain"])
+                # The worker's reporter gets webhooks.drain + 30 s after the meeting (worker.rs).
+                need = seconds(cfg["lifecycle"]["grace"]) + seconds(cfg["webhooks"]["drain"]) + 30
                 self.assertGreater(tpl["spec"]["terminationGracePeriodSeconds"], need)
                 # Never evicted for bin-packing mid-meeting; and never outlives its deadline.
                 self.assertEqual(tpl["metadata"]["annotations"]["cluster-autoscaler.kubernetes.io/safe-to-evict"], "false")
