@@ -567,6 +567,17 @@ class Worker(unittest.TestCase):
                 job = r.one("ScaledJob")["spec"]["jobTargetRef"]
                 self.assertGreater(job["activeDeadlineSeconds"], seconds(cfg["auto_leave"]["max_duration"]))
 
+    def test_meetings_can_be_protected_from_voluntary_evictions(self):
+        self.assertEqual(RENDERS["minimal"].of_kind("PodDisruptionBudget"), [RENDERS["minimal"].one("PodDisruptionBudget", "serve")])
+        r = Render(merged(MINIMAL, {"worker": {"protectMeetings": True}}))
+        pdb = r.one("PodDisruptionBudget", "worker")
+        self.assertEqual(pdb["spec"]["maxUnavailable"], 0)
+        tpl = r.one("ScaledJob")["spec"]["jobTargetRef"]["template"]
+        self.assertTrue(labels_match(pdb["spec"]["selector"], tpl["metadata"]["labels"]))
+        self.assertFalse(labels_match(pdb["spec"]["selector"], r.one("Deployment", "serve")["spec"]["template"]["metadata"]["labels"]))
+        for obj in r.objects:
+            self.assertEqual(validate(obj, "1.37.0"), [])
+
     def test_a_grace_period_shorter_than_the_commit_is_refused(self):
         for override in (
             {"worker": {"terminationGracePeriodSeconds": 50}},
