@@ -498,11 +498,40 @@ fn a_restarted_worker_destroys_the_crashed_runs_recording_even_without_a_job() {
         .unwrap()
         .contains(&rid));
 
-    // Another restart finds nothing to sweep.
-    let again = worker(&ws, None);
+    // Another restart finds nothing to sweep, and while it waits for a job it is not
+    // Ready (KEDA counts its Job as pending and starts no extra pod for a new message).
+    let port = free_port();
+    let mut c = ws.command();
+    c.arg("worker")
+        .env_remove("MEETBOT_JOB")
+        .env("MEETBOT_WORKER__LISTEN", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let child = c.spawn().unwrap();
+    wait_port(port, Duration::from_secs(5));
+    let ready = http_get(port, "/readyz");
+    assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
+    assert!(ready.contains("no job taken yet"), "{ready}");
+    assert!(http_get(port, "/healthz").starts_with("HTTP/1.1 200"));
+    let again = wait_with_timeout(child, Duration::from_secs(30));
+    assert_eq!(again.code, Some(0), "{}", again.describe());
     assert!(
         again.lines().iter().all(|l| l["status"] != "orphan_swept"),
         "{}",
         again.describe()
     );
+}
+
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
 }

@@ -1094,11 +1094,15 @@ async fn serve_health(listener: tokio::net::TcpListener, state: Arc<WorkerState>
             get(move || {
                 let s = s1.clone();
                 async move {
+                    // Ready from the moment this worker has its job until it exits,
+                    // also while it reports after the meeting: KEDA counts a Job as
+                    // pending (and starts one fewer pod for the queue) while its pod
+                    // is not Ready, which is right only before the job is taken.
                     let st = s.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                    if st.is_empty() || super::records::TERMINAL.contains(&st.as_str()) {
+                    if st.is_empty() {
                         (
                             StatusCode::SERVICE_UNAVAILABLE,
-                            format!("not in a meeting ({st})\n"),
+                            "no job taken yet\n".to_string(),
                         )
                     } else {
                         (StatusCode::OK, format!("{st}\n"))
