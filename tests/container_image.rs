@@ -9,6 +9,11 @@
 //!   tmpfs at the data directory and another at the spool, the model read-only,
 //!   no capabilities, no_new_privs. A real meeting runs there to a committed
 //!   transcript and a deletion receipt, and nothing is written outside /data.
+//! - The fleet commands as the Helm chart runs them, in the same jail: the
+//!   chart's config and tenants files mounted read-only under /etc/meetbot,
+//!   `serve` (ready, a bot in and out, SIGTERM to a clean exit), `sweep` and
+//!   `worker --job-file` against a real Azurite on loopback, the transcript
+//!   and receipt read back from the tenant's container.
 //!
 //! The jail needs root (mount namespaces, chroot), like the Janus network
 //! namespace tests; CI runs as root. It never skips: without root it fails.
@@ -22,6 +27,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::azurite::Azurite;
 use common::*;
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
@@ -728,6 +734,31 @@ impl Jail {
         self.output(name)
     }
 
+    /// Starts `argv` in the jail and returns at once.
+    fn launch(&mut self, name: &str, argv: &[String]) {
+        let line = self.new_process("launch", name, argv);
+        self.send(line, Duration::from_secs(10), name);
+        self.running.insert(name.to_string());
+    }
+
+    /// Sends a launched process a signal (`TERM`, `INT`, …).
+    fn signal(&mut self, name: &str, signal: &str) {
+        assert!(self.running.contains(name), "{name} is not running");
+        assert!(signal.chars().all(|c| c.is_ascii_alphanumeric()));
+        self.send(
+            format!("signal {name} {signal}"),
+            Duration::from_secs(10),
+            name,
+        );
+    }
+
+    /// Waits up to `limit` for a launched process to exit.
+    fn reap(&mut self, name: &str, limit: Duration) -> Run {
+        assert!(self.running.remove(name), "{name} is not running");
+        self.send(format!("reap {name}"), limit, name);
+        self.output(name)
+    }
+
     /// A process's output so far, and its exit code once it has been waited for.
     fn output(&self, name: &str) -> Run {
         let read = |ext: &str| {
@@ -1113,4 +1144,295 @@ fn image_runtime_contract_read_only_root_non_root_meeting_to_receipt() {
         );
     }
     eprintln!("jail run: {:.1?}", started.elapsed());
+}
+
+// ---------------------------------------------------------------------------
+// The fleet commands, as the Helm chart runs them, in the same jail.
+
+/// What charts/meetbot (templates/_helpers.tpl: meetbot.env,
+/// meetbot.configMounts, meetbot.config) gives every pod: the ConfigMap and
+/// the tenants Secret as read-only folders, the config file named by
+/// MEETBOT_CONFIG, the data paths at its emptyDir mounts.
+const CHART_CONFIG_DIR: &str = "/etc/meetbot/config";
+const CHART_SECRETS_DIR: &str = "/etc/meetbot/secrets";
+const CHART_DATA: &str = "/data";
+const CHART_SPOOL: &str = "/data/spool";
+
+const TOKEN: &str = "token-acme-jail-5d1e08";
+
+fn hex_sha(b: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(b))
+}
+
+fn expired_doc(meeting: &str) -> meetbot::transcript::TranscriptDoc {
+    serde_json::from_value(serde_json::json!({
+        "schema": meetbot::transcript::SCHEMA, "meeting_id": meeting, "tenant": "acme",
+        "recording_id": "r-old", "started_at": "2026-11-23T10:00:00Z",
+        "ended_at": "2026-11-23T10:30:00Z",
+        "participants": [{"id": "p1", "name": "Host"}],
+        "segments": [{"speaker_id": "p1", "speaker": "Host", "start_ms": 0, "end_ms": 900, "text": "hello"}],
+        "provider": "embedded", "model": "tiny.en", "language": "en", "complete": true, "gaps": []
+    }))
+    .unwrap()
+}
+
+/// `meetbot serve`, `sweep` and `worker` in the jail against a real Azurite
+/// on loopback (the jail shares the host's network), configured the way the
+/// chart configures them. Each command meets a data directory only the
+/// commands before it touched: `serve` a fresh one, as in its own pod.
+#[test]
+fn image_runs_the_charts_fleet_commands_serve_sweep_worker_against_azurite() {
+    use meetbot::store::TranscriptStore;
+    let started = Instant::now();
+    let img = parse_image(&dockerfile());
+    assert_eq!(
+        (
+            img.env("MEETBOT_PATHS__DATA_DIR"),
+            img.env("MEETBOT_PATHS__SPOOL_DIR")
+        ),
+        (CHART_DATA, CHART_SPOOL),
+        "the jail's tmpfs mounts follow the image's ENV, the chart's emptyDirs are at /data and /data/spool"
+    );
+    let az = Azurite::start();
+    let cfg = az.config();
+    let azure = az.env();
+    let store = azure.blob_store(&cfg).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // For `sweep` to delete: a transcript past its one-second retention.
+    rt.block_on(
+        store
+            .with_retention(Duration::from_secs(1))
+            .commit(&expired_doc("old-1")),
+    )
+    .unwrap();
+    let expired = Instant::now() + Duration::from_millis(1100);
+
+    let work = tempfile::tempdir().unwrap();
+    let dir = |name: &str| {
+        let d = work.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        d
+    };
+    let (input, config, secrets) = (dir("input"), dir("config"), dir("secrets"));
+    espeak("en-us", HOST, &input.join("host.wav"));
+    std::fs::write(
+        input.join("manifest.json"),
+        serde_json::json!({"participants": [{"name": "Host", "wav": "host.wav", "offset_ms": 0}],
+            "pace": "fast"})
+        .to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        input.join("job.json"),
+        serde_json::json!({"version": 1, "bot_id": "b-jail", "tenant": "acme",
+            "meeting_id": "standup-1", "meeting_url": "replay:/input/manifest.json"})
+        .to_string(),
+    )
+    .unwrap();
+    // The ConfigMap: the chart's settings (the SAS comes from a Secret, as
+    // an environment variable), this Azurite, loopback ports.
+    let (serve_port, metrics_port) = (free_port(), free_port());
+    std::fs::write(
+        config.join("meetbot.toml"),
+        format!(
+            "[paths]\ndata_dir = {CHART_DATA:?}\nspool_dir = {CHART_SPOOL:?}\n\
+             audit_log = \"/data/audit/audit.jsonl\"\nkey_file = \"/data/keys/kek.key\"\n\
+             [store]\nkind = \"azure_blob\"\n\
+             [azure]\nauth = \"sas\"\nblob_url = {:?}\nqueue_url = {:?}\ntable_url = {:?}\n\
+             [tenants]\nfile = \"{CHART_SECRETS_DIR}/tenants.toml\"\n\
+             [serve]\nlisten = \"127.0.0.1:{serve_port}\"\n\
+             [worker]\nlisten = \"127.0.0.1:{metrics_port}\"\n\
+             [stt]\nprovider = \"embedded\"\nlanguage = \"en\"\nmodel_dir = {:?}\n\
+             [urls]\nallow = [\"127.0.0.1/32\"]\nallow_replay = true\n",
+            az.blob_url(),
+            az.queue_url(),
+            az.table_url(),
+            img.env("MEETBOT_STT__MODEL_DIR"),
+        ),
+    )
+    .unwrap();
+    // The Secret volume: root-owned, mode 0440, group = the pod's fsGroup.
+    let tenants = secrets.join("tenants.toml");
+    std::fs::write(
+        &tenants,
+        format!(
+            "[tenants.acme]\ntoken_sha256 = [{:?}]\n",
+            meetbot::fleet::tenants::token_hash_hex(TOKEN)
+        ),
+    )
+    .unwrap();
+    std::os::unix::fs::chown(&tenants, Some(0), Some(img.gid)).unwrap();
+    std::fs::set_permissions(
+        &tenants,
+        std::os::unix::fs::PermissionsExt::from_mode(0o440),
+    )
+    .unwrap();
+    let dep = Deployment {
+        binds: vec![
+            (input.clone(), "/input".to_string()),
+            (config.clone(), CHART_CONFIG_DIR.to_string()),
+            (secrets.clone(), CHART_SECRETS_DIR.to_string()),
+        ],
+        env: [
+            ("MEETBOT_CONFIG", format!("{CHART_CONFIG_DIR}/meetbot.toml")),
+            ("MEETBOT_PATHS__DATA_DIR", CHART_DATA.to_string()),
+            ("MEETBOT_PATHS__SPOOL_DIR", CHART_SPOOL.to_string()),
+            (
+                "MEETBOT_STT__MODEL_DIR",
+                img.env("MEETBOT_STT__MODEL_DIR").to_string(),
+            ),
+            ("MEETBOT_AZURE__STORAGE_SAS", Azurite::sas()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect(),
+    };
+    let read_only = ["/input", CHART_CONFIG_DIR, CHART_SECRETS_DIR];
+
+    let mut jail = Jail::start(&img, work.path(), &dep);
+    for p in seal_probes(&img, &read_only) {
+        jail.run(&p.name, &p.argv);
+    }
+    let checked = jail.run("config", &img.argv(&["config"]));
+    assert_eq!(checked.code, Some(0), "{}", checked.describe());
+
+    // serve: ready, a bot in and out, then SIGTERM.
+    jail.launch("serve", &img.argv(&["serve"]));
+    let base = format!("http://127.0.0.1:{serve_port}");
+    let http = reqwest::Client::new();
+    let call = |method: &str, path: &str, token: Option<&str>, body: Option<serde_json::Value>| {
+        let mut r = http.request(method.parse().unwrap(), format!("{base}{path}"));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        rt.block_on(async {
+            let resp = r.send().await?;
+            let status = resp.status().as_u16();
+            let text = resp.text().await?;
+            Ok::<_, reqwest::Error>((
+                status,
+                serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+            ))
+        })
+    };
+    let since = Instant::now();
+    loop {
+        match call("GET", "/readyz", None, None) {
+            Ok((200, _)) => break,
+            other => assert!(
+                since.elapsed() < Duration::from_secs(20),
+                "serve not ready: {other:?}\n{}",
+                jail.output("serve").describe()
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (st, bot) = call(
+        "POST",
+        "/v1/bots",
+        Some(TOKEN),
+        Some(serde_json::json!({"meeting_url": "replay:/input/manifest.json", "meeting_id": "api-1"})),
+    )
+    .unwrap();
+    assert_eq!(st, 201, "{bot}");
+    assert_eq!(
+        (&bot["status"], &bot["tenant"]),
+        (&"queued".into(), &"acme".into()),
+        "{bot}"
+    );
+    let id = bot["id"].as_str().unwrap();
+    let (st, got) = call("GET", &format!("/v1/bots/{id}"), Some(TOKEN), None).unwrap();
+    assert_eq!(st, 200, "{got}");
+    assert_eq!(
+        (&got["id"], &got["status"]),
+        (&bot["id"], &bot["status"]),
+        "{got}"
+    );
+    assert_eq!(
+        call("GET", &format!("/v1/bots/{id}"), None, None)
+            .unwrap()
+            .0,
+        401
+    );
+
+    // sweep: the expired transcript goes, with receipts.
+    std::thread::sleep(expired.saturating_duration_since(Instant::now()));
+    let sweep = jail.run("sweep", &img.argv(&["sweep"]));
+    assert_eq!(sweep.code, Some(0), "{}", sweep.describe());
+    assert_eq!(
+        sweep.last()["sweep"],
+        serde_json::json!({"dry_run": false, "transcripts_deleted": 2,
+            "transcripts_already_gone": 0, "recordings_destroyed": 0, "errors": 0}),
+        "{}",
+        sweep.describe()
+    );
+
+    // worker: a job file to a transcript in acme's container and a receipt beside it.
+    let worker = jail.run(
+        "worker",
+        &img.argv(&["worker", "--job-file", "/input/job.json"]),
+    );
+    assert_eq!(worker.code, Some(0), "{}", worker.describe());
+    assert_eq!(
+        worker.statuses(),
+        [
+            "joining",
+            "in_call_recording",
+            "call_ended",
+            "transcript_committed",
+            "recording_deleted",
+            "done"
+        ],
+        "{}",
+        worker.describe()
+    );
+    let last = worker.last();
+    let blob = rt.block_on(store.read("acme", "standup-1.json")).unwrap();
+    assert_eq!(
+        hex_sha(&blob),
+        last["transcript"]["sha256"].as_str().unwrap()
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&blob).unwrap();
+    let said = speaker_text(&doc, "Host");
+    assert!(wer(HOST, &said) <= 0.3, "{said:?}");
+    let rid = last["recording_id"].as_str().unwrap();
+    let receipt: serde_json::Value = serde_json::from_slice(
+        &rt.block_on(store.read("acme", &format!("receipt-{rid}.json")))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(receipt["transcript_committed"], true, "{receipt}");
+    assert_eq!(receipt["transcript_sha256"], last["transcript"]["sha256"]);
+
+    // serve reads back the record the jailed worker wrote, then stops cleanly on SIGTERM.
+    let (st, done) = call("GET", "/v1/bots/b-jail", Some(TOKEN), None).unwrap();
+    assert_eq!((st, &done["status"]), (200, &"done".into()), "{done}");
+    assert_eq!(done["transcript"]["sha256"], last["transcript"]["sha256"]);
+    jail.signal("serve", "TERM");
+    let serve = jail.reap("serve", Duration::from_secs(15));
+    assert_eq!(serve.code, Some(0), "{}", serve.describe());
+
+    let audit = jail.run("audit", &img.argv(&["audit", "verify"]));
+    assert_eq!(audit.code, Some(0), "{}", audit.describe());
+    assert_eq!(audit.last()["ok"], true, "{}", audit.describe());
+    // Two deletion receipts from sweep, the worker's recording receipt.
+    assert_eq!(audit.last()["entries"], 3, "{}", audit.describe());
+
+    let jail = jail.finish();
+    assert_sealed(&img, &jail, &read_only);
+    let names = assert_wrote_only_data(&img, &jail);
+    assert!(
+        names.iter().any(|n| n == "audit/audit.jsonl"),
+        "{:?}",
+        jail.data_listing
+    );
+    eprintln!("fleet jail run: {:.1?}", started.elapsed());
 }
