@@ -288,6 +288,15 @@ pub async fn join(mut cfg: Config, args: JoinArgs) -> i32 {
     }
 }
 
+/// Opens `paths.audit_log` and checks it can take another receipt. A log that
+/// cannot must stop a command before anything is recorded or swept: a deletion
+/// without its receipt is not allowed. The error is a status-line reason.
+pub fn open_audit(cfg: &Config) -> Result<AuditLog, String> {
+    AuditLog::open(cfg.paths.audit_log())
+        .and_then(|a| a.check_appendable().map(|()| a))
+        .map_err(|e| format!("audit log: {e} (inspect it with `meetbot audit verify`)"))
+}
+
 /// Builds what a run needs besides the platform, store and keys: the audit
 /// log (checked appendable), the spool (orphans swept, with receipts) and the
 /// STT provider. Errors are the reason for a `fatal` status line.
@@ -296,18 +305,7 @@ pub fn prepare(
     store: Arc<dyn crate::store::TranscriptStore>,
     keys: Arc<dyn KeyProvider>,
 ) -> Result<Components, String> {
-    // A log that cannot take a receipt must stop us before anything is
-    // recorded (or swept): a deletion without its receipt is not allowed.
-    let audit = match AuditLog::open(cfg.paths.audit_log())
-        .and_then(|a| a.check_appendable().map(|()| a))
-    {
-        Ok(a) => Arc::new(a),
-        Err(e) => {
-            return Err(format!(
-                "audit log: {e} (inspect it with `meetbot audit verify`)"
-            ))
-        }
-    };
+    let audit = Arc::new(open_audit(cfg)?);
     let recording = RecordingConfig {
         spool_dir: cfg.paths.spool_dir(),
         memory_budget_bytes: (cfg.recording.memory_budget_kib * 1024) as usize,

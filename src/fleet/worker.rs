@@ -1047,9 +1047,7 @@ async fn sweep_orphans_at_start(cfg: &Config, azure: Option<&AzureEnv>) -> Resul
     if !has_entries {
         return Ok(());
     }
-    let audit = crate::audit::AuditLog::open(cfg.paths.audit_log())
-        .and_then(|a| a.check_appendable().map(|()| a))
-        .map_err(|e| format!("audit log: {e} (inspect it with `meetbot audit verify`)"))?;
+    let audit = crate::cli::open_audit(cfg)?;
     let receipts =
         crate::bot::sweep_spool_receipts(&crate::recording::RecordingConfig::new(spool), &audit)
             .map_err(|e| format!("sweeping the spool: {e:#}"))?;

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import ipaddress
-import json
 import os
 import re
 import subprocess
@@ -644,7 +643,7 @@ class ServeSweepSttServe(unittest.TestCase):
             with self.subTest(scenario=name):
                 cj = r.one("CronJob", "sweep")
                 self.assertEqual(cj["spec"]["concurrencyPolicy"], "Forbid")
-                c = cj["spec"]["jobTargetRef"] if False else cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+                c = cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
                 self.assertEqual(c["args"], ["sweep"])
                 self.assertEqual(effective_config(r, c)["store"]["kind"], "azure_blob")
 
@@ -766,9 +765,8 @@ class Config(unittest.TestCase):
     def test_model_dir_and_paths_win_over_the_image_environment(self):
         self.assertIn("MEETBOT_STT__MODEL_DIR", image_env())
         r = Render(merged(MINIMAL, {"model": {"dir": "/models/faster-whisper-small.en", "volume": {"persistentVolumeClaim": {"claimName": "whisper"}}}}))
-        for kind, component in (("ScaledJob", None),):
-            c = r.one(kind)["spec"]["jobTargetRef"]["template"]["spec"]["containers"][0]
-            self.assertEqual(effective_config(r, c)["stt"]["model_dir"], "/models/faster-whisper-small.en")
+        c = r.one("ScaledJob")["spec"]["jobTargetRef"]["template"]["spec"]["containers"][0]
+        self.assertEqual(effective_config(r, c)["stt"]["model_dir"], "/models/faster-whisper-small.en")
         for override in ({"paths": {"spool_dir": "/tmp/spool"}}, {"stt": {"model_dir": "/x"}}):
             with self.subTest(config=override):
                 with helm.Chart.load(CHART) as chart:

@@ -431,14 +431,7 @@ impl Drop for KillOnDrop {
 /// The Python with the PyPI `standardwebhooks` package (installed by
 /// `scripts/test` into `$MEETBOT_PYENV`).
 pub fn webhook_python() -> PathBuf {
-    let venv = std::env::var_os("MEETBOT_PYENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let cache = std::env::var_os("XDG_CACHE_HOME")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache"));
-            cache.join("meetbot/pyenv")
-        });
+    let venv = cached_venv("MEETBOT_PYENV", "pyenv");
     let py = venv.join("bin/python");
     let ok = Command::new(&py)
         .args(["-c", "import standardwebhooks"])
@@ -524,4 +517,15 @@ impl WebhookReceiver {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+/// A Python venv scripts/lib.sh installs: `$<var>`, else `$XDG_CACHE_HOME` (or
+/// `~/.cache`) `/meetbot/<name>`, as lib.sh computes it.
+pub fn cached_venv(var: &str, name: &str) -> PathBuf {
+    std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| {
+        let cache = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache"));
+        cache.join("meetbot").join(name)
+    })
 }

@@ -243,7 +243,7 @@ imagePullSecrets:
 {{- define "meetbot.sttKeySecret" -}}
 {{- if eq .Values.secrets.source "keyVault" -}}
 {{- if .Values.secrets.keyVault.sttApiKeyObject -}}{{ include "meetbot.componentName" (dict "root" . "component" "kv") }}{{- end -}}
-{{- else if eq .Values.stt.mode "openai" -}}
+{{- else -}}
 {{- .Values.secrets.existingSecret -}}
 {{- end -}}
 {{- end -}}
