@@ -606,7 +606,7 @@ class Worker(unittest.TestCase):
         r = RENDERS["openai"]
         c = r.one("ScaledJob")["spec"]["jobTargetRef"]["template"]["spec"]["containers"][0]
         env = {e["name"]: e for e in c["env"]}
-        self.assertEqual(env["MEETBOT_STT__API_KEY"]["valueFrom"]["secretKeyRef"], {"name": "meetbot-secrets", "key": "stt-api-key"})
+        self.assertEqual(env["MEETBOT_STT__API_KEY"]["valueFrom"]["secretKeyRef"], {"name": "meetbot-secrets", "key": "stt-api-key", "optional": True})
         self.assertEqual(effective_config(r, c)["stt"]["url"], "https://api.openai.com/v1")
         self.assertNotIn("stt-serve", {o["metadata"]["labels"].get("app.kubernetes.io/component") for o in r.objects})
         # Embedded: the model is in the image where the config points.

@@ -236,6 +236,8 @@ imagePullSecrets:
     secretKeyRef:
       name: {{ include "meetbot.sttKeySecret" . }}
       key: stt-api-key
+      # A self-hosted OpenAI-compatible server may need no key.
+      optional: true
 {{- end }}
 {{- end -}}
 
