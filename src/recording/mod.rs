@@ -264,6 +264,15 @@ pub enum RecordingError {
         /// The chunk index.
         index: u64,
     },
+    /// The recording's directory disappeared while its lock was held: someone
+    /// else removed it, so this process cannot claim to have destroyed it.
+    #[error(
+        "recording directory {dir} vanished while its lock was held (removed by someone else)"
+    )]
+    Vanished {
+        /// The recording directory.
+        dir: PathBuf,
+    },
     /// Deletion left something behind.
     #[error("recording {dir} was not fully removed: {}", remaining.join("; "))]
     Residue {
@@ -378,11 +387,17 @@ impl Recording {
             .create(&dir)
             .map_err(io_err(&dir, "create recording directory"))?;
         let built = (|| {
-            let lock = sweep::try_lock_dir(&dir)?.ok_or_else(|| RecordingError::Io {
-                path: dir.clone(),
-                action: "lock new recording directory",
-                source: io::Error::from(io::ErrorKind::WouldBlock),
-            })?;
+            let lock = match sweep::try_lock_dir(&dir)? {
+                sweep::DirLock::Held(lock) => lock,
+                sweep::DirLock::Busy => {
+                    return Err(RecordingError::Io {
+                        path: dir.clone(),
+                        action: "lock new recording directory",
+                        source: io::Error::from(io::ErrorKind::WouldBlock),
+                    })
+                }
+                sweep::DirLock::Gone => return Err(RecordingError::Vanished { dir: dir.clone() }),
+            };
             let header = RecordingHeader {
                 format: FORMAT_VERSION,
                 id: id.clone(),

@@ -74,28 +74,76 @@ pub(super) fn lock_spool(spool_dir: &Path, exclusive: bool) -> Result<File, Reco
     Ok(file)
 }
 
+/// The outcome of trying a recording directory's liveness lock.
+#[derive(Debug)]
+pub(super) enum DirLock {
+    /// The lock is ours and the directory is still linked at its path: the
+    /// recording is ours to keep or destroy.
+    Held(OwnedFd),
+    /// A live process (or a concurrent sweep) holds the lock.
+    Busy,
+    /// The directory was unlinked or replaced between opening and locking
+    /// (a concurrent sweep destroyed it and released its lock). The lock on
+    /// the old inode means nothing: this recording is not ours.
+    Gone,
+}
+
 /// Opens `dir` and tries its exclusive liveness lock without blocking.
-/// `Ok(None)`: a live process holds it.
-pub(super) fn try_lock_dir(dir: &Path) -> Result<Option<OwnedFd>, RecordingError> {
-    let fd = rustix::fs::open(
+pub(super) fn try_lock_dir(dir: &Path) -> Result<DirLock, RecordingError> {
+    try_lock_dir_with(dir, || {})
+}
+
+/// [`try_lock_dir`] with a hook between `open` and `flock`, where a
+/// concurrent sweep can remove the directory (tests use it to make that
+/// interleaving happen every time).
+pub(super) fn try_lock_dir_with(
+    dir: &Path,
+    between_open_and_lock: impl FnOnce(),
+) -> Result<DirLock, RecordingError> {
+    let fd = match rustix::fs::open(
         dir,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
         Mode::empty(),
-    )
-    .map_err(|e| io_err(dir, "open recording directory")(e.into()))?;
+    ) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT) => return Ok(DirLock::Gone),
+        Err(e) => return Err(io_err(dir, "open recording directory")(e.into())),
+    };
+    between_open_and_lock();
     match flock_retrying(&fd, FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => Ok(Some(fd)),
-        Err(Errno::WOULDBLOCK) => Ok(None),
-        Err(e) => Err(io_err(dir, "lock recording directory")(e.into())),
+        Ok(()) => {}
+        Err(Errno::WOULDBLOCK) => return Ok(DirLock::Busy),
+        Err(e) => return Err(io_err(dir, "lock recording directory")(e.into())),
+    }
+    // Holding the lock proves nothing if the directory we opened is no
+    // longer the one at `dir`: the previous holder may have removed it just
+    // before releasing. Ours only if still linked and still at this path.
+    let held =
+        rustix::fs::fstat(&fd).map_err(|e| io_err(dir, "stat locked directory")(e.into()))?;
+    if held.st_nlink == 0 {
+        return Ok(DirLock::Gone);
+    }
+    match rustix::fs::lstat(dir) {
+        Ok(now) if now.st_dev == held.st_dev && now.st_ino == held.st_ino => Ok(DirLock::Held(fd)),
+        Ok(_) | Err(Errno::NOENT) => Ok(DirLock::Gone),
+        Err(e) => Err(io_err(dir, "stat recording directory")(e.into())),
     }
 }
 
-/// Unlinks everything in `dir`, removes it and checks it is gone. A missing
-/// directory counts as removed (another sweep got there first).
+/// Unlinks everything in `dir`, removes it and checks it is gone.
+///
+/// The caller holds `dir`'s liveness lock, so nobody else may remove it: a
+/// directory that is missing at the start is an error
+/// ([`RecordingError::Vanished`]), never "already removed". Entries inside
+/// are ours alone too, so a missing entry is an error as well.
 pub(super) fn remove_recording_dir(dir: &Path) -> Result<(), RecordingError> {
     let mut remaining = Vec::new();
     match fs::read_dir(dir) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(RecordingError::Vanished {
+                dir: dir.to_path_buf(),
+            })
+        }
         Err(e) => remaining.push(format!("cannot list: {e}")),
         Ok(entries) => {
             for entry in entries {
@@ -115,18 +163,14 @@ pub(super) fn remove_recording_dir(dir: &Path) -> Result<(), RecordingError> {
                 } else {
                     fs::remove_file(&path)
                 };
-                match removed {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => remaining.push(format!("{name}: {e}")),
+                if let Err(e) = removed {
+                    remaining.push(format!("{name}: {e}"));
                 }
             }
         }
     }
-    match fs::remove_dir(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => remaining.push(format!("directory: {e}")),
+    if let Err(e) = fs::remove_dir(dir) {
+        remaining.push(format!("directory: {e}"));
     }
     match fs::symlink_metadata(dir) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -181,10 +225,11 @@ pub fn sweep_orphans(spool_dir: &Path) -> Result<SweepReport, RecordingError> {
         }
         let path = entry.path();
         match try_lock_dir(&path) {
-            Ok(Some(lock)) => claimed.push((name, path, lock)),
-            Ok(None) => report.live.push(name),
-            // Gone in between (a concurrent sweep removed it).
-            Err(RecordingError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
+            Ok(DirLock::Held(lock)) => claimed.push((name, path, lock)),
+            Ok(DirLock::Busy) => report.live.push(name),
+            // Destroyed by a concurrent sweep between listing and locking:
+            // its receipt is that sweep's to write, not ours.
+            Ok(DirLock::Gone) => {}
             Err(error) => report.failed.push(SweepFailure {
                 recording_id: name,
                 error,
@@ -276,9 +321,63 @@ mod tests {
     use super::*;
 
     #[test]
-    fn remove_missing_dir_is_ok() {
+    fn remove_missing_dir_is_an_error() {
+        // The caller holds the lock: a missing directory was removed by
+        // someone else and must not be reported as destroyed by us.
         let tmp = tempfile::tempdir().expect("tempdir");
-        remove_recording_dir(&tmp.path().join("nope")).expect("missing is removed");
+        let err = remove_recording_dir(&tmp.path().join("nope")).expect_err("missing is not ours");
+        assert!(matches!(err, RecordingError::Vanished { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_directory_removed_between_open_and_lock_is_not_ours() {
+        // The interleaving of two sweeps, made to happen every time: the
+        // second opens the directory, the first removes it and drops its
+        // lock, the second then takes the lock of an unlinked inode.
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("rec");
+        fs::create_dir(&dir).expect("mkdir");
+        fs::write(dir.join("chunks.bin"), b"x").expect("write");
+        let got = try_lock_dir_with(&dir, || {
+            let first = match try_lock_dir(&dir).expect("first lock") {
+                DirLock::Held(fd) => fd,
+                other => panic!("first sweep must hold it: {other:?}"),
+            };
+            remove_recording_dir(&dir).expect("first sweep removes it");
+            drop(first);
+        })
+        .expect("lock");
+        assert!(matches!(got, DirLock::Gone), "{got:?}");
+    }
+
+    #[test]
+    fn a_directory_replaced_between_open_and_lock_is_not_ours() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("rec");
+        fs::create_dir(&dir).expect("mkdir");
+        let got = try_lock_dir_with(&dir, || {
+            fs::remove_dir(&dir).expect("rmdir");
+            fs::create_dir(&dir).expect("mkdir again");
+        })
+        .expect("lock");
+        assert!(matches!(got, DirLock::Gone), "{got:?}");
+        assert!(matches!(
+            try_lock_dir(&dir).expect("lock"),
+            DirLock::Held(_)
+        ));
+    }
+
+    #[test]
+    fn a_held_directory_is_busy() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("rec");
+        fs::create_dir(&dir).expect("mkdir");
+        let _held = try_lock_dir(&dir).expect("lock");
+        assert!(matches!(try_lock_dir(&dir).expect("lock"), DirLock::Busy));
+        assert!(matches!(
+            try_lock_dir(&tmp.path().join("nope")).expect("lock"),
+            DirLock::Gone
+        ));
     }
 
     #[test]
