@@ -385,6 +385,26 @@ impl Drop for LockGuard<'_> {
     }
 }
 
+/// Reads `file` from `pos` to `end` with `pread`, leaving its offset alone.
+struct ReadAt<'a> {
+    file: &'a File,
+    pos: u64,
+    end: u64,
+}
+
+impl Read for ReadAt<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.end.saturating_sub(self.pos);
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read_at(&mut buf[..want], self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
 /// An open audit log, ready to append.
 #[derive(Debug)]
 pub struct AuditLog {
@@ -452,6 +472,61 @@ impl AuditLog {
         self.with_tail(FlockOperation::LockExclusive, |len, last| {
             self.append_locked(receipt, len, last)
         })
+    }
+
+    /// Appends `receipt` unless the log already holds a deletion receipt for
+    /// the same recording; returns the entry and whether this call wrote it.
+    ///
+    /// The check and the append happen under one exclusive lock, so a run
+    /// completing its own receipt and a start-up sweep recovering it from the
+    /// run's receipt intent write exactly one receipt between them.
+    pub fn append_once(&self, receipt: &DeletionReceipt) -> Result<(AuditEntry, bool), AuditError> {
+        self.with_tail(FlockOperation::LockExclusive, |len, last| {
+            if let Some(existing) = self.find_recording_receipt(len, &receipt.recording_id)? {
+                return Ok((existing, false));
+            }
+            let record = AuditRecord::Recording(receipt.clone());
+            self.append_locked(&record, len, last).map(|e| (e, true))
+        })
+    }
+
+    /// The deletion receipt for `recording_id` among the first `len` bytes
+    /// (the caller holds the lock). Lines that do not mention the id are
+    /// skipped without parsing.
+    fn find_recording_receipt(
+        &self,
+        len: u64,
+        recording_id: &str,
+    ) -> Result<Option<AuditEntry>, AuditError> {
+        // Positional reads: the shared handle's offset is left alone.
+        let mut reader = BufReader::new(ReadAt {
+            file: &self.file,
+            pos: 0,
+            end: len,
+        });
+        let needle = serde_json::to_string(recording_id).unwrap_or_default();
+        let mut buf = Vec::new();
+        let mut line_no = 0u64;
+        loop {
+            buf.clear();
+            line_no += 1;
+            let n = reader
+                .read_until(b'\n', &mut buf)
+                .map_err(io_err(&self.path, "read"))?;
+            if n == 0 {
+                return Ok(None);
+            }
+            let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
+            if !line.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+                continue;
+            }
+            let entry = parse_line(&self.path, line_no, line)?;
+            if let AuditRecord::Recording(r) = &entry.receipt {
+                if r.recording_id == recording_id {
+                    return Ok(Some(entry));
+                }
+            }
+        }
     }
 
     /// The body of [`AuditLog::append`], run under the exclusive lock with the

@@ -102,7 +102,7 @@ pub fn sweep_spool_receipts(
             std::time::SystemTime::now(),
         );
         // Keep going: one failed append must not lose the other receipts.
-        if let Err(e) = audit.append(&receipt) {
+        if let Err(e) = audit.append_once(&receipt) {
             error!(recording_id = %r.recording_id, error = %e, "Swept an orphaned recording but could not append its receipt: operator action needed.");
             append_failures += 1;
         }
@@ -110,6 +110,41 @@ pub fn sweep_spool_receipts(
     }
     for f in &report.failed {
         error!(recording_id = %f.recording_id, error = %f.error, "Could not sweep an orphaned recording: operator action needed.");
+    }
+    // Runs that died between destroying their recording and appending its
+    // receipt (or whose append failed) left a receipt intent: append it now,
+    // once. An orphan just swept above already has its receipt.
+    for pending in recording::pending_receipt_intents(&cfg.spool_dir)? {
+        let receipt: DeletionReceipt = match serde_json::from_slice(&pending.body) {
+            Ok(r) => r,
+            Err(e) => {
+                error!(recording_id = %pending.recording_id, error = %e, "Unreadable receipt intent kept for an operator.");
+                append_failures += 1;
+                continue;
+            }
+        };
+        if receipt.recording_id != pending.recording_id {
+            error!(recording_id = %pending.recording_id, "A receipt intent names another recording; kept for an operator.");
+            append_failures += 1;
+            continue;
+        }
+        match audit.append_once(&receipt) {
+            Ok((_, appended)) => {
+                if appended {
+                    warn!(recording_id = %receipt.recording_id, "Appended the deletion receipt of a run that ended before writing it.");
+                    receipts.push(receipt);
+                }
+                if let Err(e) =
+                    recording::remove_receipt_intent(&cfg.spool_dir, &pending.recording_id)
+                {
+                    warn!(error = %e, "Could not remove a completed receipt intent.");
+                }
+            }
+            Err(e) => {
+                error!(recording_id = %receipt.recording_id, error = %e, "Could not append a recovered deletion receipt: operator action needed.");
+                append_failures += 1;
+            }
+        }
     }
     if n > 0 {
         warn!(
@@ -119,7 +154,7 @@ pub fn sweep_spool_receipts(
     }
     if append_failures > 0 {
         anyhow::bail!(
-            "{append_failures} orphaned recording(s) were destroyed but their receipts could not be appended to the audit log"
+            "{append_failures} destroyed recording(s) have no receipt in the audit log yet (see the errors above)"
         );
     }
     Ok(receipts)
@@ -339,6 +374,7 @@ pub async fn run(
                     match destroy_and_receipt(
                         r,
                         &comps.audit,
+                        &comps.recording.spool_dir,
                         was_committed,
                         committed.as_ref(),
                         reason,
@@ -630,8 +666,10 @@ impl Capture {
                     utterances.extend(p.finish());
                 }
                 self.interrupted.get_or_insert((at_ms, Instant::now()));
+                inputs.push(Input::ConnectionLost);
             }
             PlatformEvent::Resumed { at_ms } => {
+                inputs.push(Input::Reconnected);
                 if let Some((start_ms, _)) = self.interrupted.take() {
                     info!(
                         gap_ms = at_ms.saturating_sub(start_ms),
@@ -669,18 +707,21 @@ async fn create_recording(req: &JoinRequest, comps: &Components) -> anyhow::Resu
     Ok(rec)
 }
 
-/// Destroys the recording, then appends its receipt. `Err` means the
-/// recording may still exist; `Ok((info, Some(error)))` means it is gone but
-/// the receipt could not be appended (it still goes out on the status line).
+/// Writes the receipt intent, destroys the recording, then appends its
+/// receipt (once: a sweep may have recovered it from the intent meanwhile)
+/// and removes the intent. `Err` means the recording may still exist;
+/// `Ok((info, Some(error)))` means it is gone but the receipt could not be
+/// appended (it still goes out on the status line, and the intent stays for
+/// the next start's sweep to append).
 async fn destroy_and_receipt(
     rec: Recording,
     audit: &Arc<AuditLog>,
+    spool_dir: &std::path::Path,
     was_committed: bool,
     committed: Option<&Committed>,
     reason: Option<String>,
 ) -> anyhow::Result<(ReceiptInfo, Option<String>)> {
-    let report = tokio::task::spawn_blocking(move || rec.destroy()).await??;
-    let receipt = DeletionReceipt {
+    let receipt_for = |report: crate::recording::DestroyReport| DeletionReceipt {
         recording_id: report.recording_id,
         meeting_id: report.meeting_id,
         tenant: report.tenant,
@@ -694,46 +735,71 @@ async fn destroy_and_receipt(
         transcript_location: committed
             .filter(|_| was_committed)
             .map(|c| c.location.clone()),
-        reason,
+        reason: reason.clone(),
         deleted_at: status::now_rfc3339(),
         method: report.method,
     };
+    // Write-ahead: if this process dies between the destroy and the append,
+    // the next start's sweep appends this receipt.
+    let intent = receipt_for(rec.destroy_report());
+    let id = intent.recording_id.clone();
+    let spool = spool_dir.to_path_buf();
+    let intent_json = serde_json::to_vec(&intent)?;
+    let wrote = {
+        let (spool, id) = (spool.clone(), id.clone());
+        tokio::task::spawn_blocking(move || {
+            recording::write_receipt_intent(&spool, &id, &intent_json)
+        })
+        .await?
+    };
+    if let Err(e) = &wrote {
+        // Destroying comes first: go on, the receipt still goes out below.
+        warn!(error = %e, "Could not write the receipt intent; a crash before the receipt is appended would lose it.");
+    }
+    let report = tokio::task::spawn_blocking(move || rec.destroy()).await??;
+    let receipt = receipt_for(report);
     let audit2 = audit.clone();
     let r2 = receipt.clone();
-    let appended = tokio::task::spawn_blocking(move || audit2.append(&r2)).await;
+    let appended = tokio::task::spawn_blocking(move || audit2.append_once(&r2)).await;
     let audit_log = audit.path().display().to_string();
-    match appended {
-        Ok(Ok(entry)) => {
+    let (receipt, entry, error) = match appended {
+        Ok(Ok((entry, true))) => {
             info!(audit_seq = entry.seq, "Deletion receipt appended.");
-            Ok((
-                ReceiptInfo {
-                    receipt,
-                    audit_seq: Some(entry.seq),
-                    audit_hash: Some(entry.hash),
-                    audit_log,
-                },
-                None,
-            ))
+            (receipt, Some(entry), None)
         }
-        Ok(Err(e)) => Ok((
-            ReceiptInfo {
-                receipt,
-                audit_seq: None,
-                audit_hash: None,
-                audit_log,
-            },
-            Some(e.to_string()),
-        )),
-        Err(e) => Ok((
-            ReceiptInfo {
-                receipt,
-                audit_seq: None,
-                audit_hash: None,
-                audit_log,
-            },
-            Some(format!("audit task failed: {e}")),
-        )),
+        Ok(Ok((entry, false))) => {
+            // A concurrent sweep recovered it from the intent first.
+            info!(
+                audit_seq = entry.seq,
+                "Deletion receipt was already appended from its intent."
+            );
+            let theirs = match entry.receipt.clone() {
+                crate::audit::AuditRecord::Recording(r) => r,
+                crate::audit::AuditRecord::Transcript(_) => receipt,
+            };
+            (theirs, Some(entry), None)
+        }
+        Ok(Err(e)) => (receipt, None, Some(e.to_string())),
+        Err(e) => (receipt, None, Some(format!("audit task failed: {e}"))),
+    };
+    if error.is_none() && wrote.is_ok() {
+        let removed =
+            tokio::task::spawn_blocking(move || recording::remove_receipt_intent(&spool, &id))
+                .await?;
+        if let Err(e) = removed {
+            // Harmless: the next sweep finds the receipt already appended.
+            warn!(error = %e, "Could not remove a completed receipt intent.");
+        }
     }
+    Ok((
+        ReceiptInfo {
+            receipt,
+            audit_seq: entry.as_ref().map(|e| e.seq),
+            audit_hash: entry.map(|e| e.hash),
+            audit_log,
+        },
+        error,
+    ))
 }
 
 #[cfg(test)]
@@ -873,6 +939,18 @@ mod tests {
         })
         .await;
         assert!(outcome.success, "{statuses:?}");
+        // The time away is visible as a status, and the return to the call.
+        assert_eq!(
+            statuses[..5],
+            [
+                "joining",
+                "in_call_recording",
+                "reconnecting",
+                "in_call_recording",
+                "call_ended"
+            ],
+            "{statuses:?}"
+        );
         let doc: serde_json::Value =
             serde_json::from_slice(&std::fs::read(d.join("t/acme/m1.json")).expect("transcript"))
                 .expect("json");
@@ -891,5 +969,138 @@ mod tests {
         let s1 = segs[1]["start_ms"].as_u64().expect("start");
         assert!(s1 >= back_at + 500, "{segs:?}");
         assert!(segs.iter().all(|s| s["speaker"] == "Alice"));
+    }
+
+    /// A recording with one sealed chunk, its spool and audit log in `d`.
+    async fn one_recording(d: &std::path::Path) -> (Components, Recording) {
+        let comps = Components {
+            keys: Arc::new(LocalKeyFile::open_or_create(d.join("kek")).expect("kek")),
+            stt: Arc::new(Durations),
+            store: Arc::new(LocalDirStore::new(d.join("t"))),
+            audit: Arc::new(AuditLog::open(d.join("audit.jsonl")).expect("audit")),
+            recording: RecordingConfig::new(d.join("spool")),
+            vad: VadConfig::default(),
+            lifecycle: LifecycleConfig::default(),
+            retry: RetryPolicy::default(),
+            stt_concurrency: 1,
+        };
+        let req = JoinRequest {
+            tenant: "acme".into(),
+            meeting_id: "m1".into(),
+            bot_name: "bot".into(),
+            language: "en".into(),
+        };
+        let mut rec = create_recording(&req, &comps).await.expect("recording");
+        for p in encode(&vec![0.1; 4_800], 0, 1) {
+            rec.append(&ParticipantId("p1".into()), &p).expect("append");
+        }
+        rec.flush().expect("flush");
+        (comps, rec)
+    }
+
+    fn receipts_for(audit: &std::path::Path, id: &str) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(audit)
+            .expect("audit log")
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json"))
+            .filter(|e| e["receipt"]["recording_id"] == id)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_crash_between_destroy_and_receipt_does_not_lose_the_receipt() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        let (comps, rec) = one_recording(d).await;
+        let id = rec.id().to_string();
+        // What destroy_and_receipt does up to the crash: intent, destroy, and
+        // then the process is gone before the append.
+        let intent = DeletionReceipt::new(
+            &rec.destroy_report(),
+            TranscriptOutcome::Committed {
+                sha256: "ab".repeat(32),
+                location: "t/acme/m1.json".into(),
+            },
+            std::time::SystemTime::now(),
+        );
+        recording::write_receipt_intent(
+            &comps.recording.spool_dir,
+            &id,
+            &serde_json::to_vec(&intent).expect("json"),
+        )
+        .expect("intent");
+        let destroyed = rec.destroy().expect("destroy");
+        assert!(receipts_for(&d.join("audit.jsonl"), &id).is_empty());
+
+        // The next start's sweep appends it, exactly once.
+        let recovered = sweep_spool_receipts(&comps.recording, &comps.audit).expect("sweep");
+        assert_eq!(recovered.len(), 1);
+        assert_eq!(recovered[0], intent);
+        assert_eq!(recovered[0].chunk_count, destroyed.chunks);
+        assert!(sweep_spool_receipts(&comps.recording, &comps.audit)
+            .expect("sweep again")
+            .is_empty());
+        let got = receipts_for(&d.join("audit.jsonl"), &id);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0]["receipt"]["transcript_committed"], true);
+        crate::audit::verify(&d.join("audit.jsonl")).expect("chain verifies");
+    }
+
+    #[tokio::test]
+    async fn a_failed_receipt_append_is_completed_by_the_next_sweep() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        let (comps, rec) = one_recording(d).await;
+        let id = rec.id().to_string();
+        let log = d.join("audit.jsonl");
+        // A torn last line: the log refuses appends until it is repaired.
+        std::fs::write(&log, b"{\"seq\":1,").expect("tear");
+        let (info, error) = destroy_and_receipt(
+            rec,
+            &comps.audit,
+            &comps.recording.spool_dir,
+            false,
+            None,
+            Some("stopped".into()),
+        )
+        .await
+        .expect("destroyed");
+        assert!(error.is_some() && info.audit_seq.is_none());
+        assert!(!comps.recording.spool_dir.join(&id).exists());
+        // An operator repairs the log; the next start appends the receipt.
+        std::fs::write(&log, b"").expect("repair");
+        let recovered = sweep_spool_receipts(&comps.recording, &comps.audit).expect("sweep");
+        assert_eq!(recovered, vec![info.receipt]);
+        assert_eq!(receipts_for(&log, &id).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_receipt_recovered_by_a_sweep_first_is_not_appended_twice() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        let (comps, rec) = one_recording(d).await;
+        let id = rec.id().to_string();
+        let intent = DeletionReceipt::new(
+            &rec.destroy_report(),
+            TranscriptOutcome::NotCommitted { reason: "x".into() },
+            std::time::SystemTime::now(),
+        );
+        let mut for_sweep = intent.clone();
+        for_sweep.reason = Some("recovered".into());
+        // The owner has destroyed the recording; a sweep in another process
+        // recovers the receipt before the owner appends its own.
+        recording::write_receipt_intent(
+            &comps.recording.spool_dir,
+            &id,
+            &serde_json::to_vec(&for_sweep).expect("json"),
+        )
+        .expect("intent");
+        let (_, appended) = comps.audit.append_once(&for_sweep).expect("sweep append");
+        assert!(appended);
+        let (entry, appended) = comps.audit.append_once(&intent).expect("owner append");
+        assert!(!appended, "a second receipt for one recording");
+        assert_eq!(entry.seq, 1);
+        drop(rec);
+        assert_eq!(receipts_for(&d.join("audit.jsonl"), &id).len(), 1);
     }
 }

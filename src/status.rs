@@ -11,7 +11,7 @@ use crate::audit::DeletionReceipt;
 /// One stdout line.
 #[derive(Debug, Clone, Serialize)]
 pub struct StatusLine {
-    /// `joining`, `in_call_recording`, `call_ended`, `transcript_committed`,
+    /// `joining`, `in_call_recording`, `reconnecting`, `call_ended`, `transcript_committed`,
     /// `recording_deleted`, `done` or `fatal`.
     pub status: &'static str,
     /// When (RFC 3339, UTC, ms).

@@ -90,6 +90,9 @@ pub enum Status {
     Joining,
     /// In the call; audio is being captured into the encrypted recording.
     InCallRecording,
+    /// Admitted, but the connection to the meeting was lost and the platform
+    /// is rejoining; back to [`Status::InCallRecording`] once it is in again.
+    Reconnecting,
     /// Left the call (or it ended); finishing transcription.
     CallEnded,
     /// The transcript is committed and verified.
@@ -108,6 +111,7 @@ impl Status {
         match self {
             Status::Joining => "joining",
             Status::InCallRecording => "in_call_recording",
+            Status::Reconnecting => "reconnecting",
             Status::CallEnded => "call_ended",
             Status::TranscriptCommitted => "transcript_committed",
             Status::RecordingDeleted => "recording_deleted",
@@ -132,6 +136,11 @@ pub enum Input {
         /// Whether speech was detected.
         speech: bool,
     },
+    /// The connection to the meeting was lost after admission; the platform
+    /// is rejoining (it reports [`Input::Reconnected`] or fails).
+    ConnectionLost,
+    /// Back in the meeting after [`Input::ConnectionLost`].
+    Reconnected,
     /// The platform says the meeting is over (`reason` is a stable code).
     CallEnded {
         /// Stable snake_case code, e.g. `replay_finished`.
@@ -228,6 +237,8 @@ pub struct Lifecycle {
     /// reaching it in the call ends the call and extends it by the grace.
     age_deadline: Instant,
     admitted_at: Option<Instant>,
+    /// Between [`Input::ConnectionLost`] and [`Input::Reconnected`].
+    reconnecting: bool,
     waiting: bool,
     others: usize,
     anyone_joined: bool,
@@ -257,6 +268,7 @@ impl Lifecycle {
             join_deadline,
             age_deadline,
             admitted_at: None,
+            reconnecting: false,
             waiting: false,
             others: 0,
             anyone_joined: false,
@@ -464,6 +476,14 @@ impl Lifecycle {
                     self.last_speech = Some(now);
                 }
             }
+            (Phase::InCall, Input::ConnectionLost) if !self.reconnecting => {
+                self.reconnecting = true;
+                self.status(Status::Reconnecting, Some("connection_lost".into()));
+            }
+            (Phase::InCall, Input::Reconnected) if self.reconnecting => {
+                self.reconnecting = false;
+                self.status(Status::InCallRecording, Some("reconnected".into()));
+            }
             (Phase::Joining, Input::CallEnded { reason }) => {
                 self.fail_and_delete(format!(
                     "the meeting ended before the bot was admitted ({reason})"
@@ -592,6 +612,7 @@ impl Lifecycle {
 
     fn end_call(&mut self, reason: String) {
         self.phase = Phase::Transcribing;
+        self.reconnecting = false;
         self.status(Status::CallEnded, Some(reason));
         self.outputs.push_back(Output::FinishTranscription);
     }
@@ -1127,6 +1148,45 @@ mod tests {
     }
 
     #[test]
+    fn a_lost_connection_is_reported_as_reconnecting_until_back() {
+        let mut s = Sim::new(LifecycleConfig::default());
+        s.input(Input::Admitted);
+        s.input(Input::ConnectionLost);
+        assert_eq!(s.last_reason().as_deref(), Some("connection_lost"));
+        // Repeats while away are one status change, not many.
+        s.input(Input::ConnectionLost);
+        s.input(Input::Reconnected);
+        assert_eq!(s.last_reason().as_deref(), Some("reconnected"));
+        // A late duplicate changes nothing.
+        s.input(Input::Reconnected);
+        s.input(Input::ConnectionLost);
+        s.input(Input::CallEnded {
+            reason: "everyone_left".into(),
+        });
+        // After the call, a reconnect report is stale.
+        s.input(Input::Reconnected);
+        assert_eq!(
+            s.statuses(),
+            [
+                "joining",
+                "in_call_recording",
+                "reconnecting",
+                "in_call_recording",
+                "reconnecting",
+                "call_ended"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_connection_lost_before_admission_is_not_a_status() {
+        let mut s = Sim::new(LifecycleConfig::default());
+        s.input(Input::ConnectionLost);
+        s.input(Input::Reconnected);
+        assert_eq!(s.statuses(), ["joining"]);
+    }
+
+    #[test]
     fn receipt_failure_after_destroy_is_fatal_but_reports_deletion() {
         let mut s = Sim::new(LifecycleConfig::default());
         s.input(Input::Admitted);
@@ -1154,6 +1214,8 @@ mod tests {
             Input::ParticipantCount(0),
             Input::CallEnded { reason: "x".into() },
             Input::StopRequested,
+            Input::ConnectionLost,
+            Input::Reconnected,
             Input::PlatformFailed { reason: "p".into() },
             Input::TranscriptionFailed { reason: "t".into() },
             Input::TranscriptionDrained,

@@ -21,7 +21,7 @@ pub struct BotRecord {
     pub tenant: String,
     /// Meeting id.
     pub meeting_id: String,
-    /// `scheduled`, `queued`, `joining`, `in_call_recording`, `call_ended`,
+    /// `scheduled`, `queued`, `joining`, `in_call_recording`, `reconnecting`, `call_ended`,
     /// `transcript_committed`, `recording_deleted`, `done`, `fatal`, `cancelled`.
     pub status: String,
     /// Why (fatal, cancelled, call ended).

@@ -30,6 +30,7 @@
 //! never given to this module.
 
 mod format;
+mod intent;
 pub mod keys;
 mod sweep;
 
@@ -50,6 +51,9 @@ use zeroize::{Zeroize, Zeroizing};
 
 use crate::core::media::{OpusPacket, ParticipantId};
 
+pub use intent::{
+    pending_receipt_intents, remove_receipt_intent, write_receipt_intent, PendingIntent,
+};
 pub use keys::{DataKey, KeyError, KeyProvider, LocalKeyFile, WrappedKey, KEY_LEN};
 pub use sweep::{sweep_orphans, SweepFailure, SweepReport};
 
@@ -559,15 +563,7 @@ impl Recording {
     /// is gone. Works after a spool-full error too. The report describes every
     /// sealed chunk; an unsealed partial chunk is zeroized, not counted.
     pub fn destroy(mut self) -> Result<DestroyReport, RecordingError> {
-        let report = DestroyReport {
-            recording_id: self.id.clone(),
-            meeting_id: self.meta.meeting_id.clone(),
-            tenant: self.meta.tenant.clone(),
-            chunks: self.next_index,
-            ciphertext_bytes: self.ciphertext_bytes,
-            manifest_sha256: hex::encode(self.manifest.clone().finalize()),
-            method: METHOD_DESTROY.into(),
-        };
+        let report = self.destroy_report();
         self.shred();
         self.destroyed = true;
         sweep::remove_recording_dir(&self.dir)?;
@@ -578,6 +574,21 @@ impl Recording {
             "Recording destroyed."
         );
         Ok(report)
+    }
+
+    /// The report [`Recording::destroy`] will return if nothing is appended
+    /// in between (the partial chunk is not counted): what a receipt intent
+    /// describes before the recording is destroyed.
+    pub fn destroy_report(&self) -> DestroyReport {
+        DestroyReport {
+            recording_id: self.id.clone(),
+            meeting_id: self.meta.meeting_id.clone(),
+            tenant: self.meta.tenant.clone(),
+            chunks: self.next_index,
+            ciphertext_bytes: self.ciphertext_bytes,
+            manifest_sha256: hex::encode(self.manifest.clone().finalize()),
+            method: METHOD_DESTROY.into(),
+        }
     }
 
     /// Zeroizes key and buffers and closes the spool file.
