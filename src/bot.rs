@@ -758,6 +758,19 @@ async fn destroy_and_receipt(
     }
     let report = tokio::task::spawn_blocking(move || rec.destroy()).await??;
     let receipt = receipt_for(report);
+    if wrote.is_ok() {
+        // The intent now says exactly what the log will (deleted_at is
+        // after the deletion); a crash before this keeps the earlier one.
+        let (spool, id) = (spool.clone(), id.clone());
+        let json = serde_json::to_vec(&receipt)?;
+        let rewritten = tokio::task::spawn_blocking(move || {
+            recording::write_receipt_intent(&spool, &id, &json)
+        })
+        .await?;
+        if let Err(e) = rewritten {
+            warn!(error = %e, "Could not update the receipt intent after the deletion.");
+        }
+    }
     let audit2 = audit.clone();
     let r2 = receipt.clone();
     let appended = tokio::task::spawn_blocking(move || audit2.append_once(&r2)).await;
