@@ -851,6 +851,10 @@ impl Config {
                 window: j.rejoin_window,
                 publisher_timeout: j.publisher_timeout,
             },
+            // `meetbot join`: the operator's server. The worker replaces it for jobs.
+            media: crate::platform::janus::candidates::MediaPolicy::Operator {
+                policy: self.url_policy(),
+            },
         }
     }
 

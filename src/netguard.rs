@@ -27,8 +27,10 @@
 //!   `*.localdomain`, `*.local` (mDNS, `*.svc.cluster.local`), `*.internal`
 //!   (`metadata.google.internal`, `*.ec2.internal`, ICANN's private-use TLD), `*.home.arpa`,
 //!   `*.arpa`, `*.svc`, `*.onion`, `*.invalid`, `metadata.goog`, `instance-data`, `kubernetes.default.svc`.
-//! - **Addresses.** An IP literal is checked as written; a name is resolved (through the
-//!   [`Resolve`] seam, bounded by a timeout) and **every** address must pass: one internal
+//! - **Addresses.** An IP literal is checked as written; a name is resolved as an absolute name
+//!   (`name.`: a DNS search list such as a pod's `svc.cluster.local` cannot turn
+//!   `db.internal-name` into an inside service) through the [`Resolve`] seam, bounded by a
+//!   timeout, and **every** address must pass: one internal
 //!   address among public ones (`rebind.example → [1.1.1.1, 127.0.0.1]`) refuses the URL.
 //!   Internal means loopback, unspecified, RFC 1918, CGNAT `100.64/10`, link-local, `0/8`,
 //!   `192.0.0/24`, documentation and benchmarking ranges, `240/4`, broadcast, multicast, the
@@ -44,10 +46,17 @@
 //!
 //! Self-hosted meeting servers and test receivers live on internal addresses. Each allow entry
 //! is a CIDR (`10.1.0.0/16`, `127.0.0.1/32`, `::1/128`; a bare address means a single address)
-//! or an exact host name (`janus.corp.example`, case-insensitive, trailing dot ignored). An
-//! address inside an allowed CIDR passes; a host whose name is allowed passes whatever
-//! internal addresses it resolves to, and passes the name rules above. An empty list allows
-//! nothing internal.
+//! or an exact host name (`janus.corp.example`, case-insensitive, trailing dot ignored), with
+//! an optional port: `10.0.0.5:8188`, `[fd00::1]:8188`, `[fd00::/64]:8188`,
+//! `janus.corp.example:443`, or `:*` for every port. An entry without a port admits only the
+//! scheme's default port (80 for `janus+ws`/`http`, 443 for `janus+wss`/`https`) and, for
+//! meeting URLs, [`JANUS_PORTS`] (8188, 8989). An address inside an allowed CIDR passes on the
+//! entry's ports; a host whose name is allowed passes whatever internal addresses it resolves
+//! to, and passes the name rules above. A URL an entry admits only on other ports fails with
+//! [`UrlError::PortNotAllowed`]. An empty list allows nothing internal.
+//!
+//! Media: [`UrlPolicy::check_media_addr`] judges ICE candidate addresses (see
+//! `platform::janus::candidates`) with the same classification and entries, on any port.
 //!
 //! Two exceptions, on purpose:
 //! - **Cloud metadata addresses** (169.254.169.254, 169.254.170.2 (ECS), 168.63.129.16 (Azure
@@ -63,12 +72,14 @@
 //! # Invariants
 //!
 //! - Checks never panic, whatever the input (fuzzed in `tests/fuzz_inputs.rs`).
-//! - Errors carry a message fit to return to the API caller: it may name the offending host or
-//!   address (the caller wrote it), never the rest of the URL (PINs, webhook tokens). Do not log
-//!   an error's `Display` at info or above; log [`UrlError::code`].
+//! - Errors carry a message fit to return to the API caller (and so to records, webhooks and
+//!   logs): it may name the offending host or an address the caller wrote, never an address a
+//!   name resolved to (only its kind; the address is logged at debug), nor the rest of the URL
+//!   (PINs, webhook tokens). Do not log an error's `Display` at info or above; log
+//!   [`UrlError::code`].
 //! - `Debug` of [`CheckedUrl`] redacts the URL, the host and the addresses.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -193,17 +204,27 @@ pub enum UrlError {
         /// Why.
         reason: &'static str,
     },
-    /// The host is, or resolves to, an address that is not allowed.
-    #[error("host {host:?} {verb} {addr}, {reason}; internal addresses are not allowed")]
+    /// The host is, or resolves to, an address that is not allowed. `Display` names the
+    /// address only when the caller wrote it (an IP literal); a resolved address is never shown
+    /// (it would map the inside network for the caller), only its kind.
+    #[error("host {host:?} {}", blocked_address(verb, addr, reason))]
     BlockedAddress {
         /// The host (truncated).
         host: String,
         /// "is" for an address literal, "resolves to" for a name.
         verb: &'static str,
-        /// The offending address.
+        /// The offending address. Never shown for a resolved name; do not log it above debug.
         addr: IpAddr,
         /// What kind of address it is.
         reason: &'static str,
+    },
+    /// The host or its address is in `urls.allow`, but the entry does not admit this port.
+    #[error("host {host:?} is allowed by urls.allow only on other ports, not on port {port}")]
+    PortNotAllowed {
+        /// The host (truncated).
+        host: String,
+        /// The URL's port.
+        port: u16,
     },
     /// Resolution failed.
     #[error("cannot resolve host {host:?}: {detail}")]
@@ -244,6 +265,7 @@ impl UrlError {
             UrlError::InsecureWebhook => "url_insecure",
             UrlError::BlockedName { .. } => "url_blocked_host",
             UrlError::BlockedAddress { .. } => "url_blocked_address",
+            UrlError::PortNotAllowed { .. } => "url_port_not_allowed",
             UrlError::Resolve { .. } | UrlError::NoAddresses { .. } => "url_unresolvable",
             UrlError::ResolveTimeout { .. } => "url_resolve_timeout",
         }
@@ -264,6 +286,112 @@ impl UrlError {
 
 const IS: &str = "is";
 const RESOLVES_TO: &str = "resolves to";
+
+fn blocked_address(verb: &str, addr: &IpAddr, reason: &str) -> String {
+    if verb == IS {
+        format!("is {addr}, {reason}; internal addresses are not allowed")
+    } else {
+        format!("{verb} {reason}; internal addresses are not allowed")
+    }
+}
+
+/// Ports a meeting URL may use on an allow entry that names no port, besides the scheme's
+/// default (80 for `janus+ws`, 443 for `janus+wss`): Janus's WebSocket ports, 8188 (`ws`) and
+/// 8989 (`wss`).
+pub const JANUS_PORTS: [u16; 2] = [8188, 8989];
+
+/// The ports an allow entry admits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ports {
+    /// No port written: the URL scheme's default port and, for meeting URLs, [`JANUS_PORTS`].
+    Default,
+    /// `:N`: that port only.
+    One(u16),
+    /// `:*`: every port.
+    Any,
+}
+
+impl fmt::Display for Ports {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Ports::Default => Ok(()),
+            Ports::One(p) => write!(f, ":{p}"),
+            Ports::Any => f.write_str(":*"),
+        }
+    }
+}
+
+/// What an address is checked for: a URL's connection (its port must be admitted), or media
+/// (ICE candidates: the SFU picks the UDP ports, so an entry admits its addresses on any port).
+#[derive(Clone, Copy)]
+enum Target<'a> {
+    Url { port: u16, defaults: &'a [u16] },
+    Media,
+}
+
+impl Target<'_> {
+    fn admits(&self, ports: Ports) -> bool {
+        match (self, ports) {
+            (Target::Media, _) | (_, Ports::Any) => true,
+            (Target::Url { port, .. }, Ports::One(p)) => *port == p,
+            (Target::Url { port, defaults }, Ports::Default) => defaults.contains(port),
+        }
+    }
+}
+
+/// Splits an allow entry into its address or name part and its ports: `10.0.0.5:8188`,
+/// `[fd00::1]:8188`, `[fd00::/64]:*`, `host.example:443`; a bare IPv6 address or network
+/// (`fd00::1`, `fd00::/8`) has no port (write it in brackets to give one).
+fn split_entry_port(entry: &str) -> Result<(&str, Ports), String> {
+    if let Some(rest) = entry.strip_prefix('[') {
+        let Some((inner, after)) = rest.split_once(']') else {
+            return Err("an opening [ without a closing ]".into());
+        };
+        if !inner.contains(':') {
+            return Err("brackets are only for IPv6 addresses, e.g. [fd00::1]:8188".into());
+        }
+        let ports = if after.is_empty() {
+            Ports::Default
+        } else if let Some(p) = after.strip_prefix(':') {
+            parse_entry_port(p)?
+        } else {
+            return Err("only :PORT may follow the closing ]".into());
+        };
+        return Ok((inner, ports));
+    }
+    match entry.split_once(':') {
+        None => Ok((entry, Ports::Default)),
+        Some((host, port)) if !port.contains(':') => Ok((host, parse_entry_port(port)?)),
+        // Two colons or more: a bare IPv6 address or network.
+        Some(_) => Ok((entry, Ports::Default)),
+    }
+}
+
+fn parse_entry_port(p: &str) -> Result<Ports, String> {
+    if p == "*" {
+        return Ok(Ports::Any);
+    }
+    let n = (!p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| p.parse::<u32>().ok())
+        .flatten()
+        .filter(|n| (1..=65535).contains(n));
+    match n {
+        Some(n) => Ok(Ports::One(n as u16)),
+        None => Err(format!(
+            "port {:?} is not a number from 1 to 65535 or * (every port)",
+            p.chars().take(16).collect::<String>()
+        )),
+    }
+}
+
+/// The scheme's default port (`ws`/`http` 80, `wss`/`https` 443).
+fn scheme_default_port(url: &url::Url) -> Option<u16> {
+    match url.scheme() {
+        "ws" | "http" => Some(80),
+        "wss" | "https" => Some(443),
+        _ => None,
+    }
+}
 
 /// A URL that passed the policy, with the addresses it may be connected to.
 #[derive(Clone)]
@@ -379,8 +507,8 @@ fn mask_eq(a: u128, b: u128, prefix: u8, bits: u8) -> bool {
 /// Which URLs the worker may connect to. Cheap to clone.
 #[derive(Clone)]
 pub struct UrlPolicy {
-    nets: Vec<Cidr>,
-    names: HashSet<String>,
+    nets: Vec<(Cidr, Ports)>,
+    names: HashMap<String, Vec<Ports>>,
     resolver: Arc<dyn Resolve>,
     dns_timeout: Duration,
 }
@@ -394,7 +522,7 @@ impl fmt::Debug for UrlPolicy {
                 &self
                     .nets
                     .iter()
-                    .map(|c| format!("{}/{}", c.addr, c.prefix))
+                    .map(|(c, p)| format!("{}/{}{p}", c.addr, c.prefix))
                     .collect::<Vec<_>>(),
             )
             .field("names", &self.names)
@@ -408,7 +536,7 @@ impl Default for UrlPolicy {
     fn default() -> Self {
         UrlPolicy {
             nets: Vec::new(),
-            names: HashSet::new(),
+            names: HashMap::new(),
             resolver: Arc::new(SystemResolver),
             dns_timeout: DEFAULT_DNS_TIMEOUT,
         }
@@ -416,7 +544,8 @@ impl Default for UrlPolicy {
 }
 
 impl UrlPolicy {
-    /// Builds a policy from allow entries (CIDRs or exact host names); see the module docs.
+    /// Builds a policy from allow entries (CIDRs, addresses or exact host names, each with an
+    /// optional `:PORT` or `:*`); see the module docs.
     pub fn new<S: AsRef<str>>(allow: &[S]) -> Result<UrlPolicy, PolicyError> {
         let mut policy = UrlPolicy::default();
         for entry in allow {
@@ -429,6 +558,12 @@ impl UrlPolicy {
             if trimmed.is_empty() {
                 return Err(err("empty entry"));
             }
+            if trimmed.contains("://") {
+                return Err(err(
+                    "not a CIDR and not a host name (no scheme); write e.g. 10.1.0.0/16, 10.1.2.3:8188 or janus.corp.example",
+                ));
+            }
+            let (trimmed, ports) = split_entry_port(trimmed).map_err(|r| err(&r))?;
             if let Some((addr, prefix)) = trimmed.split_once('/') {
                 let addr: IpAddr = addr.parse().map_err(|_| {
                     err("not a CIDR (no IP address before the /) and not a host name")
@@ -451,15 +586,15 @@ impl UrlPolicy {
                         canonical_network(addr, prefix)
                     )));
                 }
-                policy.nets.push(net);
-            } else if let Ok(addr) = trimmed.trim_matches(['[', ']']).parse::<IpAddr>() {
+                policy.nets.push((net, ports));
+            } else if let Ok(addr) = trimmed.parse::<IpAddr>() {
                 let prefix = if addr.is_ipv4() { 32 } else { 128 };
-                policy.nets.push(Cidr { addr, prefix });
+                policy.nets.push((Cidr { addr, prefix }, ports));
             } else {
                 let name = normalize_name(trimmed);
                 if let Err(reason) = check_name_syntax(&name) {
                     return Err(err(&format!(
-                        "not a CIDR and not a host name ({reason}); write e.g. 10.1.0.0/16 or janus.corp.example"
+                        "not a CIDR and not a host name ({reason}); write e.g. 10.1.0.0/16, 10.1.2.3:8188 or janus.corp.example"
                     )));
                 }
                 if ends_in_number(&name) {
@@ -467,7 +602,7 @@ impl UrlPolicy {
                         "looks like an IP address; write it in CIDR form, e.g. 10.1.2.3/32",
                     ));
                 }
-                policy.names.insert(name);
+                policy.names.entry(name).or_default().push(ports);
             }
         }
         Ok(policy)
@@ -516,7 +651,9 @@ impl UrlPolicy {
         let ws =
             url::Url::parse(janus.ws_url.expose()).map_err(|e| UrlError::Syntax(e.to_string()))?;
         let (host, port) = host_and_port(&ws)?;
-        let (addrs, allow_listed) = self.check_host(&host, port).await?;
+        let mut defaults = JANUS_PORTS.to_vec();
+        defaults.extend(scheme_default_port(&ws));
+        let (addrs, allow_listed) = self.check_host(&host, port, &defaults).await?;
         Ok(CheckedUrl {
             url: Pii::new(raw.to_string()),
             host: Pii::new(host_string(&host)),
@@ -549,7 +686,8 @@ impl UrlPolicy {
             return Err(UrlError::Fragment);
         }
         let (host, port) = host_and_port(&url)?;
-        let (addrs, allow_listed) = self.check_host(&host, port).await?;
+        let defaults: Vec<u16> = scheme_default_port(&url).into_iter().collect();
+        let (addrs, allow_listed) = self.check_host(&host, port, &defaults).await?;
         if !secure && !allow_listed {
             return Err(UrlError::InsecureWebhook);
         }
@@ -562,16 +700,32 @@ impl UrlPolicy {
         })
     }
 
-    /// Checks one host (already WHATWG-parsed) and returns its vetted addresses and whether
-    /// the allow list was needed.
+    /// Whether the worker may send media to `ip` (a remote ICE candidate's address): the same
+    /// classification and allow list as URLs, except that an allow entry admits its addresses
+    /// on every port (the SFU picks its media ports). `server_addr` says `ip` is an address the
+    /// meeting URL's host was vetted to (allowed by name), which passes like the host itself.
+    /// `Err` is the kind of address refused, never the address.
+    pub fn check_media_addr(&self, ip: IpAddr, server_addr: bool) -> Result<(), &'static str> {
+        match self.check_addr("", IS, ip, server_addr, Target::Media) {
+            Ok(_) => Ok(()),
+            Err(UrlError::BlockedAddress { reason, .. }) => Err(reason),
+            Err(_) => Err("not allowed by urls.allow"),
+        }
+    }
+
+    /// Checks one host (already WHATWG-parsed) on `port` (`defaults`: the ports an allow entry
+    /// without a port admits) and returns its vetted addresses and whether the allow list was
+    /// needed.
     async fn check_host(
         &self,
         host: &Host,
         port: u16,
+        defaults: &[u16],
     ) -> Result<(Vec<SocketAddr>, bool), UrlError> {
+        let target = Target::Url { port, defaults };
         let name = match host {
             Host::Ip(ip) => {
-                let allowed = self.check_addr(&host_string(host), IS, *ip, false)?;
+                let allowed = self.check_addr(&host_string(host), IS, *ip, false, target)?;
                 return Ok((vec![SocketAddr::new(*ip, port)], allowed));
             }
             Host::Name(name) => name,
@@ -585,7 +739,7 @@ impl UrlPolicy {
         match parse_legacy_ipv4(name) {
             Some(Ok(ip)) => {
                 let ip = IpAddr::V4(ip);
-                let allowed = self.check_addr(&echo, IS, ip, false)?;
+                let allowed = self.check_addr(&echo, IS, ip, false, target)?;
                 return Ok((vec![SocketAddr::new(ip, port)], allowed));
             }
             Some(Err(())) => {
@@ -596,27 +750,52 @@ impl UrlPolicy {
             }
             None => {}
         }
-        let by_name = self.names.contains(name.as_str());
+        let listed = self.names.get(name.as_str());
+        let by_name = listed.is_some_and(|ps| ps.iter().any(|p| target.admits(*p)));
+        // Listed, but for other ports: say so rather than "internal address".
+        let wrong_port = |e: UrlError| {
+            if listed.is_some() && !by_name {
+                UrlError::PortNotAllowed {
+                    host: echo.clone(),
+                    port,
+                }
+            } else {
+                e
+            }
+        };
         if !by_name {
             if let Some(reason) = blocked_name(name) {
-                return Err(UrlError::BlockedName { host: echo, reason });
+                return Err(wrong_port(UrlError::BlockedName {
+                    host: echo.clone(),
+                    reason,
+                }));
             }
         }
-        let resolved = tokio::time::timeout(self.dns_timeout, self.resolver.resolve(name, port))
-            .await
-            .map_err(|_| UrlError::ResolveTimeout {
-                host: echo.clone(),
-                after: self.dns_timeout,
-            })?
-            .map_err(|e| UrlError::Resolve {
-                host: echo.clone(),
-                detail: resolve_detail(&e),
-            })?;
+        // As an absolute name (trailing dot): the resolver's search list (a pod's
+        // `svc.cluster.local`, a corporate domain) must not turn `db.internal-name` into an
+        // inside service.
+        let absolute = format!("{name}.");
+        let resolved =
+            tokio::time::timeout(self.dns_timeout, self.resolver.resolve(&absolute, port))
+                .await
+                .map_err(|_| UrlError::ResolveTimeout {
+                    host: echo.clone(),
+                    after: self.dns_timeout,
+                })?
+                .map_err(|e| UrlError::Resolve {
+                    host: echo.clone(),
+                    detail: resolve_detail(&e),
+                })?;
         let mut addrs: Vec<SocketAddr> = Vec::with_capacity(resolved.len());
         let mut all_allowed = true;
         for a in resolved {
             let ip = a.ip();
-            let allowed = self.check_addr(&echo, RESOLVES_TO, ip, by_name)?;
+            let allowed = self
+                .check_addr(&echo, RESOLVES_TO, ip, by_name, target)
+                .map_err(|e| {
+                    tracing::debug!(host = %echo, addr = %ip, "A resolved address was refused.");
+                    wrong_port(e)
+                })?;
             all_allowed &= allowed;
             let a = SocketAddr::new(ip, port);
             if !addrs.contains(&a) {
@@ -637,43 +816,56 @@ impl UrlPolicy {
         verb: &'static str,
         ip: IpAddr,
         allowed_by_name: bool,
+        target: Target<'_>,
     ) -> Result<bool, UrlError> {
-        let refuse = |reason| UrlError::BlockedAddress {
-            host: host.chars().take(MAX_ECHO).collect(),
-            verb,
-            addr: ip,
-            reason,
-        };
+        let host: String = host.chars().take(MAX_ECHO).collect();
+        match self.decide(ip, allowed_by_name, target) {
+            Ok(allowed) => Ok(allowed),
+            // Allowed by an entry that does not admit this port.
+            Err(_)
+                if matches!(target, Target::Url { .. })
+                    && self.decide(ip, allowed_by_name, Target::Media).is_ok() =>
+            {
+                let port = match target {
+                    Target::Url { port, .. } => port,
+                    Target::Media => 0,
+                };
+                Err(UrlError::PortNotAllowed { host, port })
+            }
+            Err(reason) => Err(UrlError::BlockedAddress {
+                host,
+                verb,
+                addr: ip,
+                reason,
+            }),
+        }
+    }
+
+    /// [`Self::check_addr`]'s decision; `Err` is the kind of address refused.
+    fn decide(
+        &self,
+        ip: IpAddr,
+        allowed_by_name: bool,
+        target: Target<'_>,
+    ) -> Result<bool, &'static str> {
         let canon = canonical(ip);
+        let listed = |exact: bool| {
+            self.nets.iter().any(|(n, p)| {
+                target.admits(*p)
+                    && if exact {
+                        n.is_single() && (n.addr == ip || n.addr == canon)
+                    } else {
+                        n.contains(ip) || n.contains(canon)
+                    }
+            })
+        };
         match classify(ip) {
-            Class::Public => Ok(self
-                .nets
-                .iter()
-                .any(|n| n.contains(ip) || n.contains(canon))),
-            Class::Never(reason) => Err(refuse(reason)),
-            Class::Metadata => {
-                if self
-                    .nets
-                    .iter()
-                    .any(|n| n.is_single() && (n.addr == ip || n.addr == canon))
-                {
-                    Ok(true)
-                } else {
-                    Err(refuse("a cloud metadata address"))
-                }
-            }
-            Class::Internal(reason) => {
-                if allowed_by_name
-                    || self
-                        .nets
-                        .iter()
-                        .any(|n| n.contains(ip) || n.contains(canon))
-                {
-                    Ok(true)
-                } else {
-                    Err(refuse(reason))
-                }
-            }
+            Class::Public => Ok(listed(false)),
+            Class::Never(reason) => Err(reason),
+            Class::Metadata if listed(true) => Ok(true),
+            Class::Metadata => Err("a cloud metadata address"),
+            Class::Internal(_) if allowed_by_name || listed(false) => Ok(true),
+            Class::Internal(reason) => Err(reason),
         }
     }
 }
@@ -961,7 +1153,7 @@ fn classify_v4(ip: Ipv4Addr) -> Class {
         return Class::Never("a multicast address");
     }
     const RANGES: &[([u8; 4], u8, &str)] = &[
-        ([0, 0, 0, 0], 8, "in 0.0.0.0/8 (this network)"),
+        ([0, 0, 0, 0], 8, "an address in 0.0.0.0/8 (this network)"),
         ([10, 0, 0, 0], 8, "a private address (RFC 1918)"),
         (
             [100, 64, 0, 0],
@@ -1074,7 +1266,7 @@ fn classify_v6(ip: Ipv6Addr) -> Class {
         }
     }
     if !in_v6(ip, 0x2000_u128 << 112, 3) {
-        return Class::Internal("outside IPv6 global unicast (2000::/3)");
+        return Class::Internal("an address outside IPv6 global unicast (2000::/3)");
     }
     Class::Public
 }

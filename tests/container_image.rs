@@ -1241,7 +1241,7 @@ fn image_runs_the_charts_fleet_commands_serve_sweep_worker_against_azurite() {
              [serve]\nlisten = \"127.0.0.1:{serve_port}\"\n\
              [worker]\nlisten = \"127.0.0.1:{metrics_port}\"\n\
              [stt]\nprovider = \"embedded\"\nlanguage = \"en\"\nmodel_dir = {:?}\n\
-             [urls]\nallow = [\"127.0.0.1/32\"]\nallow_replay = true\n",
+             [urls]\nallow = [\"127.0.0.1:*\"]\nallow_replay = true\n",
             az.blob_url(),
             az.queue_url(),
             az.table_url(),

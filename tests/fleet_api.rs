@@ -47,7 +47,7 @@ impl Api {
         .unwrap();
         let port = free_port();
         let urls = if allow_local {
-            "[urls]\nallow = [\"127.0.0.1/32\"]\nallow_replay = true\n"
+            "[urls]\nallow = [\"127.0.0.1:*\"]\nallow_replay = true\n"
         } else {
             "[urls]\nallow = []\nallow_replay = false\n"
         };

@@ -27,7 +27,7 @@ fn fleet_ws(az: &Azurite, extra: &str) -> Workspace {
     )
     .unwrap();
     ws.extra_config = format!(
-        "{}\n[urls]\nallow = [\"127.0.0.1/32\"]\nallow_replay = true\n[tenants]\nfile = {:?}\n\
+        "{}\n[urls]\nallow = [\"127.0.0.1:*\"]\nallow_replay = true\n[tenants]\nfile = {:?}\n\
          [worker]\nlisten = \"\"\nstop_poll = \"500ms\"\n\
          [webhooks]\nschedule = [\"0s\", \"1s\", \"2s\"]\nin_process_attempts = 3\ndrain = \"10s\"\n\
          [queue]\nwait = \"3s\"\nlease = \"30s\"\n{extra}",

@@ -114,7 +114,7 @@ async fn receiver(script: Vec<Reply>) -> Receiver {
 }
 
 fn loopback_policy() -> UrlPolicy {
-    UrlPolicy::new(&["127.0.0.1/32"]).unwrap()
+    UrlPolicy::new(&["127.0.0.1:*"]).unwrap()
 }
 
 fn secrets() -> Arc<[WebhookSecret]> {
@@ -331,7 +331,7 @@ async fn connections_are_pinned_to_the_vetted_addresses() {
     let r = receiver(vec![]).await;
     let resolver =
         StaticResolver::new().with("receiver.pinned.example", &[IpAddr::from([127, 0, 0, 1])]);
-    let policy = UrlPolicy::new(&["receiver.pinned.example"])
+    let policy = UrlPolicy::new(&["receiver.pinned.example:*"])
         .unwrap()
         .with_resolver(Arc::new(resolver));
     let url = format!("http://receiver.pinned.example:{}/x", r.addr.port());

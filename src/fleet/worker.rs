@@ -422,6 +422,12 @@ async fn run_inner(
         let comps = crate::cli::prepare(cfg, store, keys)?;
         // Connect (and reconnect) only to the addresses just vetted.
         let mut settings = cfg.platform();
+        // Media goes only to candidates the same policy admits (the meeting host's vetted
+        // addresses included).
+        settings.media = crate::platform::janus::candidates::MediaPolicy::Guarded {
+            policy: cfg.url_policy(),
+            server: pinned.iter().map(|a| a.ip()).collect(),
+        };
         settings.janus.pinned_addrs = pinned;
         let platform =
             crate::platform::open(&Pii::new(job.meeting_url.clone()), &cfg.bot.name, &settings)

@@ -384,10 +384,7 @@ async fn allow_list_admits_self_hosted_servers_only() {
         .await
         .unwrap();
     // Plain http to an allowed receiver; not to a public one.
-    let c = p
-        .check_webhook_url("http://127.0.0.1:9000/hook")
-        .await
-        .unwrap();
+    let c = p.check_webhook_url("http://127.0.0.1/hook").await.unwrap();
     assert!(c.allow_listed);
     p.check_webhook_url("http://janus.corp.example/hook")
         .await
@@ -458,7 +455,7 @@ async fn metadata_needs_an_exact_entry_and_never_is_never() {
         .unwrap_err();
     assert_eq!(
         err.to_string(),
-        "host \"metaname.corp.example\" resolves to 169.254.169.254, a cloud metadata address; \
+        "host \"metaname.corp.example\" resolves to a cloud metadata address; \
          internal addresses are not allowed"
     );
 }
@@ -472,7 +469,16 @@ fn bad_allow_entries_are_named() {
         ("0.0.0.0/0", "switches SSRF protection off"),
         ("fd00::1/8", "did you mean fd00::/8"),
         ("https://janus.corp.example", "not a CIDR"),
-        ("janus.corp.example:8188", "not a CIDR"),
+        ("janus.corp.example:0", "not a number from 1 to 65535"),
+        ("10.0.0.1:65536", "not a number from 1 to 65535"),
+        ("10.0.0.1:", "not a number from 1 to 65535"),
+        ("10.0.0.1:http", "not a number from 1 to 65535"),
+        ("10.0.0.1:+80", "not a number from 1 to 65535"),
+        ("[10.0.0.1]:80", "brackets are only for IPv6"),
+        ("[fd00::1", "without a closing ]"),
+        ("[fd00::1]8188", "only :PORT may follow"),
+        ("[janus.corp.example]:80", "brackets are only for IPv6"),
+        ("janus.corp.example:80:90", "not a CIDR"),
         ("*.corp.example", "not a CIDR"),
         ("", "empty entry"),
         ("a..b", "not a CIDR"),
@@ -487,6 +493,16 @@ fn bad_allow_entries_are_named() {
     }
     assert!(UrlPolicy::new::<&str>(&[]).is_ok());
     assert!(UrlPolicy::new(&["10.0.0.1", "[::1]", "fe80::/10"]).is_ok());
+    assert!(UrlPolicy::new(&[
+        "10.0.0.5:8188",
+        "[fd00::1]:8188",
+        "[fd00::/64]:*",
+        "10.1.0.0/16:443",
+        "host.example:443",
+        "host.example:*",
+        "127.0.0.1:65535",
+    ])
+    .is_ok());
 }
 
 #[tokio::test]
@@ -495,7 +511,7 @@ async fn errors_read_well() {
     let cases = [
         (
             "janus+ws://evil.example.com/1",
-            "host \"evil.example.com\" resolves to 10.0.0.5, a private address (RFC 1918); \
+            "host \"evil.example.com\" resolves to a private address (RFC 1918); \
              internal addresses are not allowed",
         ),
         (
@@ -504,7 +520,7 @@ async fn errors_read_well() {
         ),
         (
             "janus+ws://rebind.example.com/1",
-            "host \"rebind.example.com\" resolves to 127.0.0.1, a loopback address; internal \
+            "host \"rebind.example.com\" resolves to a loopback address; internal \
              addresses are not allowed",
         ),
         (
@@ -565,7 +581,7 @@ async fn system_resolver_is_used_for_literals_without_dns() {
             .code(),
         "url_blocked_address"
     );
-    let p = UrlPolicy::new(&["127.0.0.0/8"]).unwrap();
+    let p = UrlPolicy::new(&["127.0.0.0/8:*"]).unwrap();
     let c = p.check_webhook_url("http://127.0.0.1:9/x").await.unwrap();
     assert_eq!(c.addrs, vec![sa("127.0.0.1:9")]);
 }
@@ -652,4 +668,151 @@ fn classification_table() {
 
 fn sa(s: &str) -> SocketAddr {
     s.parse().expect("test socket address")
+}
+
+/// Errors never show an address a name resolved to (it would map the inside network for the
+/// API caller, and reach records, webhooks and logs through the worker's `fatal` reason).
+#[tokio::test]
+async fn resolved_addresses_are_never_shown() {
+    let p = policy(&[]);
+    for (url, addr) in [
+        ("janus+ws://evil.example.com/1", "10.0.0.5"),
+        ("janus+ws://rebind.example.com/1", "127.0.0.1"),
+        ("janus+ws://mapped.example.com/1", "127.0.0.1"),
+        ("janus+ws://meta.example.com/1", "169.254.169.254"),
+        ("janus+ws://nat64meta.example.com/1", "a9fe"),
+        ("janus+ws://ula.example.com/1", "fd12"),
+        ("janus+ws://zero.example.com/1", "0.0.0.0"),
+        ("https://evil.example.com/x", "10.0.0.5"),
+        ("https://meta.example.com/x", "169.254"),
+    ] {
+        let e = if url.starts_with("https") {
+            p.check_webhook_url(url).await.unwrap_err()
+        } else {
+            p.check_meeting_url(url).await.unwrap_err()
+        };
+        assert_eq!(e.code(), "url_blocked_address", "{url}");
+        let msg = e.to_string();
+        assert!(!msg.contains(addr), "{url}: {msg}");
+        assert!(msg.contains("resolves to"), "{url}: {msg}");
+    }
+    // An address the caller wrote may be echoed.
+    let e = p
+        .check_meeting_url("janus+ws://10.0.0.5/1")
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("10.0.0.5"), "{e}");
+}
+
+/// Records the names it is asked about.
+#[derive(Default)]
+struct RecordingResolver(std::sync::Mutex<Vec<String>>);
+
+#[async_trait::async_trait]
+impl Resolve for RecordingResolver {
+    async fn resolve(&self, host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+        self.0.lock().unwrap().push(host.to_string());
+        Ok(vec![SocketAddr::new(ip("93.184.216.34"), port)])
+    }
+}
+
+/// Names are resolved as absolute names (trailing dot), so a DNS search list
+/// (`svc.cluster.local`, a corporate domain) cannot turn them into inside services; the host
+/// the caller sees is unchanged.
+#[tokio::test]
+async fn names_are_resolved_as_absolute_names() {
+    let r = Arc::new(RecordingResolver::default());
+    let p = UrlPolicy::default().with_resolver(r.clone());
+    let c = p
+        .check_meeting_url("janus+wss://db.internal-name/1")
+        .await
+        .unwrap();
+    assert_eq!(c.host.expose(), "db.internal-name");
+    p.check_webhook_url("https://Hooks.Example.COM./x")
+        .await
+        .unwrap();
+    assert_eq!(
+        *r.0.lock().unwrap(),
+        ["db.internal-name.", "hooks.example.com."]
+    );
+}
+
+/// An allow entry names a port, every port (`:*`), or none: then only the scheme's default
+/// port and, for meeting URLs, Janus's 8188 and 8989.
+#[tokio::test]
+async fn allow_entries_admit_only_their_ports() {
+    let p = policy(&[
+        "10.0.0.5:8188",
+        "10.0.0.6",
+        "[fd00:1234::1]:8188",
+        "janus.corp.example:443",
+        "127.0.0.1:*",
+        "10.2.0.0/16:9000",
+    ]);
+    for ok in [
+        "janus+ws://10.0.0.5:8188/1",
+        "janus+ws://10.0.0.6/1",
+        "janus+ws://10.0.0.6:8188/1",
+        "janus+wss://10.0.0.6:8989/1",
+        "janus+wss://10.0.0.6/1",
+        "janus+ws://[fd00:1234::1]:8188/1",
+        "janus+wss://janus.corp.example/1",
+        "janus+ws://janus.corp.example:443/1",
+        "janus+ws://127.0.0.1:1234/1",
+        "janus+ws://10.2.3.4:9000/1",
+    ] {
+        p.check_meeting_url(ok)
+            .await
+            .unwrap_or_else(|e| panic!("{ok}: {e}"));
+    }
+    for (bad, port) in [
+        ("janus+ws://10.0.0.5/1", 80),
+        ("janus+ws://10.0.0.5:8189/1", 8189),
+        ("janus+ws://10.0.0.6:22/1", 22),
+        ("janus+ws://10.0.0.6:6379/1", 6379),
+        ("janus+ws://[fd00:1234::1]:8189/1", 8189),
+        ("janus+ws://janus.corp.example:8188/1", 8188),
+        ("janus+ws://10.2.3.4:8188/1", 8188),
+    ] {
+        let e = p.check_meeting_url(bad).await.unwrap_err();
+        assert_eq!(e.code(), "url_port_not_allowed", "{bad}: {e}");
+        assert!(
+            e.to_string().contains(&format!("not on port {port}")),
+            "{e}"
+        );
+        assert!(!e.is_transient());
+    }
+    // Webhooks: no Janus ports.
+    p.check_webhook_url("http://10.0.0.6/x").await.unwrap();
+    p.check_webhook_url("https://10.0.0.6/x").await.unwrap();
+    for bad in ["http://10.0.0.6:8188/x", "https://10.0.0.6:8443/x"] {
+        let e = p.check_webhook_url(bad).await.unwrap_err();
+        assert_eq!(e.code(), "url_port_not_allowed", "{bad}");
+    }
+    // Outside every entry: still an internal address, whatever the port.
+    let e = p
+        .check_meeting_url("janus+ws://10.0.0.7:8188/1")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "url_blocked_address");
+    // Public addresses need no entry, on any port.
+    p.check_meeting_url("janus+ws://93.184.216.34:7000/1")
+        .await
+        .unwrap();
+    // Media (ICE candidates): an entry admits its addresses on every port.
+    assert_eq!(p.check_media_addr(ip("10.0.0.5"), false), Ok(()));
+    assert_eq!(p.check_media_addr(ip("10.2.9.9"), false), Ok(()));
+    assert_eq!(
+        p.check_media_addr(ip("10.0.0.7"), false),
+        Err("a private address (RFC 1918)")
+    );
+    assert_eq!(p.check_media_addr(ip("10.0.0.7"), true), Ok(()));
+    assert_eq!(
+        p.check_media_addr(ip("169.254.169.254"), true),
+        Err("a cloud metadata address")
+    );
+    assert_eq!(
+        p.check_media_addr(ip("255.255.255.255"), true),
+        Err("the broadcast address")
+    );
 }

@@ -124,6 +124,8 @@ pub struct PlatformSettings {
     pub jitter: janus::jitter::JitterConfig,
     /// Rejoin and vanished-publisher rules.
     pub rejoin: janus::platform::RejoinPolicy,
+    /// Which remote ICE candidates media may be sent to.
+    pub media: janus::candidates::MediaPolicy,
 }
 
 /// Opens the platform named by the URL's scheme (`replay:<manifest.json>`,
@@ -147,12 +149,14 @@ pub fn open(
             std::path::Path::new(rest),
         )?)),
         "janus+ws" | "janus+wss" => Ok(Box::new(
-            janus::platform::JanusPlatform::open(url, bot_name)?.with_options(
-                settings.janus.clone(),
-                settings.transport.clone(),
-                settings.jitter.clone(),
-                settings.rejoin.clone(),
-            ),
+            janus::platform::JanusPlatform::open(url, bot_name)?
+                .with_options(
+                    settings.janus.clone(),
+                    settings.transport.clone(),
+                    settings.jitter.clone(),
+                    settings.rejoin.clone(),
+                )
+                .with_media_policy(settings.media.clone()),
         )),
         other => Err(PlatformError::InvalidUrl(format!(
             "unknown scheme {:?}; supported: replay, janus+ws, janus+wss",

@@ -8,11 +8,14 @@
 //!   plus a command channel driving the state machine.
 //! - [`transport`] is the receive-only WebRTC peer (webrtc-rs behind the `MediaTransport`
 //!   seam): answers Janus's offers and delivers RTP per mid.
+//! - [`candidates`] is the sans-IO filter that passes the offer's ICE candidates through the
+//!   URL guard before webrtc-rs sees them.
 //! - [`jitter`] is the sans-IO reorder buffer that maps RTP onto the meeting clock.
 //!
 //! - [`platform`] joins them into [`platform::JanusPlatform`], the [`crate::platform::MeetingPlatform`]
 //!   that [`crate::platform::open`] returns for `janus+ws:` and `janus+wss:` URLs.
 
+pub mod candidates;
 pub mod jitter;
 pub mod platform;
 pub mod signalling;

@@ -44,6 +44,7 @@ use tokio::time::{sleep_until, timeout, Instant as TokioInstant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::candidates::{CandidateFilter, MediaPolicy};
 use super::jitter::{JitterBuffer, JitterConfig, JitterOutput};
 use super::signalling::{FatalKind, FeedId, Offer, SigEvent};
 use super::transport::{
@@ -95,6 +96,7 @@ pub struct JanusPlatform {
     transport: TransportConfig,
     jitter: JitterConfig,
     rejoin: RejoinPolicy,
+    media: MediaPolicy,
 }
 
 impl JanusPlatform {
@@ -110,7 +112,15 @@ impl JanusPlatform {
             transport: TransportConfig::default(),
             jitter: JitterConfig::default(),
             rejoin: RejoinPolicy::default(),
+            media: MediaPolicy::default(),
         })
+    }
+
+    /// Replaces the policy for remote ICE candidates (default [`MediaPolicy::Operator`] with no
+    /// allow list).
+    pub fn with_media_policy(mut self, media: MediaPolicy) -> JanusPlatform {
+        self.media = media;
+        self
     }
 
     /// Replaces the signalling, media, jitter and rejoin settings (defaults otherwise).
@@ -567,6 +577,8 @@ impl JanusPlatform {
             "Connected to Janus; joining the room."
         );
         let join_deadline = TokioInstant::from_std(started) + JOIN_TIMEOUT;
+        // One ICE session per connection: the candidate cap counts from here.
+        let mut candidates = CandidateFilter::new(self.media.clone());
         let mut joined = false;
         let mut media_open = true;
         let exit = loop {
@@ -578,7 +590,9 @@ impl JanusPlatform {
                         joined = true;
                         on_sig_event(r, SigEvent::Joined).await
                     }
-                    Some(ev) => on_client_event(r, &client, transport.as_mut(), ev).await,
+                    Some(ev) => {
+                        on_client_event(r, &client, transport.as_mut(), &mut candidates, ev).await
+                    }
                     None => Ok(Some(Exit::lost("the Janus session ended unexpectedly"))),
                 },
                 ev = media_rx.recv(), if media_open => match ev {
@@ -635,6 +649,7 @@ async fn on_client_event(
     r: &mut Router,
     client: &JanusClient,
     transport: &mut dyn MediaTransport,
+    candidates: &mut CandidateFilter,
     ev: ClientEvent,
 ) -> Result<Option<Exit>, Stop> {
     match ev {
@@ -644,8 +659,30 @@ async fn on_client_event(
                 streams = offer.streams.len(),
                 "Janus offer."
             );
+            let filtered = candidates.filter_offer(&offer.offer_sdp);
+            if filtered.rejected.total() > 0 {
+                info!(
+                    kept = filtered.kept,
+                    refused_by_policy = filtered.rejected.policy,
+                    mdns = filtered.rejected.mdns,
+                    host_names = filtered.rejected.fqdn,
+                    malformed = filtered.rejected.malformed,
+                    over_cap = filtered.rejected.over_cap,
+                    "Removed ICE candidates from the Janus offer."
+                );
+                for (why, addr) in &filtered.details {
+                    debug!(?why, ?addr, "Removed an ICE candidate.");
+                }
+            }
+            // Nothing left to connect to, and nothing accepted before in this session: ICE
+            // cannot succeed, and retrying would get the same offer.
+            if filtered.kept == 0 && candidates.accepted() == 0 {
+                let reason = filtered.no_candidate_reason();
+                warn!(reason = %reason, "No usable ICE candidate in the Janus offer.");
+                return Ok(Some(Exit::fatal(reason)));
+            }
             r.replace_streams(&offer).await?;
-            let answer = match transport.answer(&offer.offer_sdp).await {
+            let answer = match transport.answer(&filtered.sdp).await {
                 Ok(sdp) => sdp,
                 Err(e) => return Ok(Some(Exit::lost(answer_failure(&e)))),
             };
