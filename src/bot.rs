@@ -94,8 +94,8 @@ pub fn sweep_spool_receipts(
     let mut append_failures = 0usize;
     for r in &report.destroyed {
         // The reason says who could still have decrypted it (its custody).
-        let custody = recording::KeyCustody::of_method(&r.method)
-            .unwrap_or(recording::KeyCustody::Unknown);
+        let custody =
+            recording::KeyCustody::of_method(&r.method).unwrap_or(recording::KeyCustody::Unknown);
         let receipt = DeletionReceipt::new(
             r,
             TranscriptOutcome::NotCommitted {

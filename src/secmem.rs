@@ -104,7 +104,11 @@ impl Region {
         let raw = ptr.as_ptr().cast::<c_void>();
         // SAFETY: [raw, raw + len) is the mapping created above, owned by us.
         if let Err(e) = unsafe { rustix::mm::madvise(raw, len, Advice::LinuxDontDump) } {
-            note_failure(&DONTDUMP_WARNED, "exclude a secret buffer from core dumps", e);
+            note_failure(
+                &DONTDUMP_WARNED,
+                "exclude a secret buffer from core dumps",
+                e,
+            );
         }
         // SAFETY: as above.
         let locked = match unsafe { rustix::mm::mlock(raw, len) } {
@@ -365,10 +369,8 @@ pub fn mapping_status(addr: usize) -> Option<(u64, String)> {
     for line in smaps.lines() {
         let first = line.split_whitespace().next().unwrap_or("");
         if let Some((lo, hi)) = first.split_once('-') {
-            if let (Ok(lo), Ok(hi)) = (
-                usize::from_str_radix(lo, 16),
-                usize::from_str_radix(hi, 16),
-            ) {
+            if let (Ok(lo), Ok(hi)) = (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
+            {
                 if !first.ends_with(':') {
                     inside = (lo..hi).contains(&addr);
                     continue;
@@ -430,7 +432,10 @@ mod tests {
         let b = LockedBox::new(([7u8; 32], witness.clone()));
         assert_eq!(b.0, [7u8; 32]);
         let (locked_kb, flags) = mapping_status(b.addr()).expect("mapping");
-        assert!(locked_kb >= 4 && flags.contains("dd"), "{locked_kb} {flags}");
+        assert!(
+            locked_kb >= 4 && flags.contains("dd"),
+            "{locked_kb} {flags}"
+        );
         assert_eq!(Arc::strong_count(&witness), 2);
         drop(b);
         assert_eq!(Arc::strong_count(&witness), 1, "value not dropped");

@@ -284,10 +284,7 @@ fn a_log_spanning_the_key_custody_methods_verifies() {
         log.append(&r).unwrap();
     }
     let report = verify(&path).expect("verifies");
-    assert_eq!(
-        report.entries,
-        3 + meetbot::recording::METHODS.len() as u64
-    );
+    assert_eq!(report.entries, 3 + meetbot::recording::METHODS.len() as u64);
     let documented: Vec<&str> = meetbot::recording::METHODS.iter().map(|m| m.0).collect();
     for line in lines(&path) {
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();

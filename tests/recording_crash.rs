@@ -336,11 +336,16 @@ struct Killed {
 fn record_copy_and_kill(provider: Option<&str>) -> Killed {
     let data = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--exact", "custody_child", "--nocapture", "--test-threads=1"])
-        .env(CUSTODY_ENV, data.path())
-        .env_remove(CUSTODY_PROVIDER_ENV)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+    cmd.args([
+        "--exact",
+        "custody_child",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env(CUSTODY_ENV, data.path())
+    .env_remove(CUSTODY_PROVIDER_ENV)
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null());
     for (k, _) in std::env::vars() {
         if k.starts_with("MEETBOT_") && k != CUSTODY_ENV {
             cmd.env_remove(k);
@@ -414,15 +419,9 @@ fn decrypt_with(dir: &Path, key: &[u8]) -> Result<Vec<OpusPacket>, String> {
 /// Every 32-byte string a file could hold a key as: raw windows, hex runs and
 /// base64 runs (standard and URL-safe).
 fn key_candidates(bytes: &[u8]) -> Vec<[u8; 32]> {
-    let mut out: Vec<[u8; 32]> = bytes
-        .windows(32)
-        .map(|w| w.try_into().unwrap())
-        .collect();
+    let mut out: Vec<[u8; 32]> = bytes.windows(32).map(|w| w.try_into().unwrap()).collect();
     let runs = |ok: fn(u8) -> bool| -> Vec<&[u8]> {
-        bytes
-            .split(|b| !ok(*b))
-            .filter(|r| r.len() >= 43)
-            .collect()
+        bytes.split(|b| !ok(*b)).filter(|r| r.len() >= 43).collect()
     };
     for run in runs(|b| b.is_ascii_hexdigit()) {
         for w in run.windows(64) {
@@ -494,18 +493,23 @@ fn default_custody_a_spool_copied_from_a_killed_process_cannot_be_decrypted() {
             assert_ne!(&candidate[..], &k.key[..], "{} holds the key", f.display());
         }
     }
-    assert!(tried > 10_000, "only {tried} candidates: the scan proved nothing");
+    assert!(
+        tried > 10_000,
+        "only {tried} candidates: the scan proved nothing"
+    );
     // …and a few of them really are tried as keys (the scan's own control).
     assert!(decrypt_with(&copy_dir, &[0u8; 32]).is_err());
 
     // 4. The sweep's receipt says exactly that.
     let audit = meetbot::audit::AuditLog::open(k.data.path().join("audit.jsonl")).unwrap();
     let receipts =
-        meetbot::bot::sweep_spool_receipts(&config(&meetbot_spool(k.data.path())), &audit)
-            .unwrap();
+        meetbot::bot::sweep_spool_receipts(&config(&meetbot_spool(k.data.path())), &audit).unwrap();
     assert_eq!(receipts.len(), 1);
     let r = &receipts[0];
-    assert_eq!(r.method, "orphan-sweep(ephemeral-key-died-with-process)+unlink");
+    assert_eq!(
+        r.method,
+        "orphan-sweep(ephemeral-key-died-with-process)+unlink"
+    );
     let reason = r.reason.as_deref().unwrap_or_default();
     assert!(
         reason.contains("existed only in that process's memory")
@@ -521,8 +525,7 @@ fn local_file_custody_a_spool_copy_stays_decryptable_after_the_sweep() {
     let copy_dir = recording_dir(&k.copy);
     let audit = meetbot::audit::AuditLog::open(k.data.path().join("audit.jsonl")).unwrap();
     let receipts =
-        meetbot::bot::sweep_spool_receipts(&config(&meetbot_spool(k.data.path())), &audit)
-            .unwrap();
+        meetbot::bot::sweep_spool_receipts(&config(&meetbot_spool(k.data.path())), &audit).unwrap();
     assert_eq!(receipts.len(), 1);
     assert_eq!(receipts[0].method, "orphan-sweep(local-key-file)+unlink");
     assert!(receipts[0]

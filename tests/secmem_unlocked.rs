@@ -54,7 +54,10 @@ fn unlocked_child() {
     assert!(!has_cap_ipc_lock(), "the child still has CAP_IPC_LOCK");
 
     let dek = DataKey::generate();
-    assert!(!dek.is_locked(), "mlock succeeded: the test set-up is wrong");
+    assert!(
+        !dek.is_locked(),
+        "mlock succeeded: the test set-up is wrong"
+    );
     let cfg = RecordingConfig {
         spool_dir: dir.join("spool"),
         memory_budget_bytes: 0,
@@ -109,7 +112,12 @@ fn a_failed_mlock_is_not_fatal() {
         Command::new(&exe)
     };
     let out = cmd
-        .args(["--exact", "unlocked_child", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "unlocked_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD_ENV, tmp.path())
         .output()
         .expect("run the child (setpriv is in util-linux)");

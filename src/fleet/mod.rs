@@ -104,9 +104,7 @@ pub async fn build_keys(
 ) -> Result<Arc<dyn crate::recording::KeyProvider>, String> {
     match cfg.keys.provider {
         crate::config::KeysKind::Ephemeral => {
-            tracing::info!(
-                "Recording keys are ephemeral: they never leave this process's memory."
-            );
+            tracing::info!("Recording keys are ephemeral: they never leave this process's memory.");
             Ok(Arc::new(crate::recording::EphemeralKeys))
         }
         crate::config::KeysKind::LocalFile => {

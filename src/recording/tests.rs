@@ -328,13 +328,8 @@ fn key_schedule_and_plaintext_chunk_are_locked_and_not_dumped() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dek = DataKey::generate();
     assert!(dek.is_locked(), "mlock failed in the test environment");
-    let mut rec = Recording::create(
-        &RecordingConfig::new(tmp.path()),
-        dek,
-        wrapped(),
-        meta(),
-    )
-    .expect("create");
+    let mut rec = Recording::create(&RecordingConfig::new(tmp.path()), dek, wrapped(), meta())
+        .expect("create");
     rec.append(&ParticipantId("p".into()), &packet(1))
         .expect("append");
     let cipher = rec.cipher.as_ref().expect("live cipher");
@@ -344,7 +339,10 @@ fn key_schedule_and_plaintext_chunk_are_locked_and_not_dumped() {
         ("plaintext chunk", rec.plain.addr(), plain_kb),
     ] {
         let (locked_kb, flags) = crate::secmem::mapping_status(addr).expect("in smaps");
-        assert!(locked_kb >= min_kb, "{what}: Locked {locked_kb} kB < {min_kb} kB");
+        assert!(
+            locked_kb >= min_kb,
+            "{what}: Locked {locked_kb} kB < {min_kb} kB"
+        );
         assert!(
             flags.split_whitespace().any(|f| f == "dd"),
             "{what}: not excluded from core dumps: {flags}"
@@ -354,7 +352,10 @@ fn key_schedule_and_plaintext_chunk_are_locked_and_not_dumped() {
     let mut packets = rec.replay().expect("replay");
     assert!(packets.next().expect("one packet").is_ok());
     let (locked_kb, flags) = crate::secmem::mapping_status(packets.current.addr()).expect("smaps");
-    assert!(locked_kb >= 4 && flags.contains("dd"), "{locked_kb} {flags}");
+    assert!(
+        locked_kb >= 4 && flags.contains("dd"),
+        "{locked_kb} {flags}"
+    );
     drop(packets);
     rec.destroy().expect("destroy");
 }
