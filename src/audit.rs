@@ -77,8 +77,8 @@ pub struct DeletionReceipt {
     pub reason: Option<String>,
     /// When the recording was deleted, RFC 3339 UTC.
     pub deleted_at: String,
-    /// How: [`crate::recording::METHOD_DESTROY`] or
-    /// [`crate::recording::METHOD_SWEEP`].
+    /// How, and under which key custody: one of [`crate::recording::METHODS`]
+    /// (older logs hold the legacy methods, which stay valid).
     pub method: String,
 }
 

@@ -7,7 +7,7 @@ use anyhow::anyhow;
 
 use crate::config::Config;
 use crate::core::media::ParticipantId;
-use crate::recording::{DataKey, Recording, RecordingConfig, RecordingMeta, WrappedKey};
+use crate::recording::{DataKey, EphemeralKeys, Recording, RecordingConfig, RecordingMeta};
 
 /// `meetbot bench …`
 #[derive(Debug, clap::Args)]
@@ -62,16 +62,10 @@ pub async fn run(cfg: Config, args: BenchArgs) -> anyhow::Result<()> {
                 memory_budget_bytes: 1 << 30,
                 chunk_bytes: 16 * 1024,
             };
-            let wrapped = WrappedKey {
-                provider: "bench".into(),
-                key_id: "bench".into(),
-                alg: "none".into(),
-                wrapped: String::new(),
-            };
             let mut rec = Recording::create(
                 &rcfg,
                 DataKey::generate(),
-                wrapped,
+                EphemeralKeys::placeholder(),
                 RecordingMeta {
                     meeting_id: "bench".into(),
                     tenant: "bench".into(),

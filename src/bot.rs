@@ -93,11 +93,13 @@ pub fn sweep_spool_receipts(
     let mut receipts = Vec::with_capacity(n);
     let mut append_failures = 0usize;
     for r in &report.destroyed {
+        // The reason says who could still have decrypted it (its custody).
+        let custody =
+            recording::KeyCustody::of_method(&r.method).unwrap_or(recording::KeyCustody::Unknown);
         let receipt = DeletionReceipt::new(
             r,
             TranscriptOutcome::NotCommitted {
-                reason: "orphaned recording: its process ended before committing a transcript; swept at the next start"
-                    .into(),
+                reason: custody.orphan_reason().into(),
             },
             std::time::SystemTime::now(),
         );
@@ -820,7 +822,7 @@ mod tests {
     use super::*;
     use crate::core::media::OpusPacket;
     use crate::platform::{EndReason, PlatformError};
-    use crate::recording::LocalKeyFile;
+    use crate::recording::EphemeralKeys;
     use crate::store::local::LocalDirStore;
     use crate::stt::{SttError, SttSegment};
     use async_trait::async_trait;
@@ -929,7 +931,7 @@ mod tests {
         ));
 
         let comps = Components {
-            keys: Arc::new(LocalKeyFile::open_or_create(d.join("kek")).expect("kek")),
+            keys: Arc::new(EphemeralKeys),
             stt: Arc::new(Durations),
             store: Arc::new(LocalDirStore::new(d.join("t"))),
             audit: Arc::new(AuditLog::open(d.join("audit.jsonl")).expect("audit")),
@@ -987,7 +989,7 @@ mod tests {
     /// A recording with one sealed chunk, its spool and audit log in `d`.
     async fn one_recording(d: &std::path::Path) -> (Components, Recording) {
         let comps = Components {
-            keys: Arc::new(LocalKeyFile::open_or_create(d.join("kek")).expect("kek")),
+            keys: Arc::new(EphemeralKeys),
             stt: Arc::new(Durations),
             store: Arc::new(LocalDirStore::new(d.join("t"))),
             audit: Arc::new(AuditLog::open(d.join("audit.jsonl")).expect("audit")),

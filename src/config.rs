@@ -327,12 +327,18 @@ pub struct StoreSection {
     pub retention: Duration,
 }
 
-/// Who wraps recording keys.
+/// Who holds recording keys (key custody; README "Key custody").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum KeysKind {
-    /// `paths.key_file`.
-    Local,
+    /// Default: keys never leave process memory; nothing can decrypt a
+    /// recording once its process is gone.
+    Ephemeral,
+    /// A key-encryption key in `paths.key_file`, which outlives recordings
+    /// (a copy of the spool stays decryptable). `local` is the name it had
+    /// when it was the default.
+    #[serde(alias = "local-file", alias = "local")]
+    LocalFile,
     /// An RSA key in Azure Key Vault.
     AzureKeyvault,
 }
@@ -341,7 +347,7 @@ pub enum KeysKind {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeysSection {
-    /// `local` or `azure_keyvault`.
+    /// `ephemeral`, `local_file` or `azure_keyvault`.
     pub provider: KeysKind,
     /// Key Vault URL, e.g. `https://myvault.vault.azure.net`.
     pub vault_url: String,

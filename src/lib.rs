@@ -3,7 +3,8 @@
 //! the transcript and destroys the recording with a hash-chained receipt.
 //!
 //! See ARCHITECTURE.md for the map.
-#![forbid(unsafe_code)]
+// Only `secmem` (mlock/madvise/mmap for secret buffers) may use `unsafe`.
+#![deny(unsafe_code)]
 
 pub mod audit;
 pub mod azure;
@@ -18,6 +19,7 @@ pub mod netguard;
 pub mod pii;
 pub mod platform;
 pub mod recording;
+pub mod secmem;
 pub mod status;
 pub mod store;
 pub mod stt;

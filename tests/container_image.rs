@@ -984,12 +984,12 @@ fn assert_wrote_only_data(img: &Image, jail: &JailRun) -> Vec<String> {
         .filter(|n| n.starts_with(&format!("{spool_rel}/")))
         .collect();
     assert_eq!(in_spool, [&lock], "{:?}", jail.data_listing);
-    let kek = jail
-        .data_listing
-        .iter()
-        .find(|l| l.ends_with(" keys/kek.key"))
-        .unwrap_or_else(|| panic!("no keys/kek.key: {:?}", jail.data_listing));
-    assert!(kek.contains(" 600 f "), "{kek}");
+    // Default key custody is ephemeral: no key-encryption key is ever written.
+    assert!(
+        !names.iter().any(|n| n.starts_with("keys")),
+        "a key file was written: {:?}",
+        jail.data_listing
+    );
     names
 }
 
@@ -1109,7 +1109,9 @@ fn image_runtime_contract_read_only_root_non_root_meeting_to_receipt() {
     let receipt = &last["receipt"];
     assert_eq!(receipt["transcript_committed"], true, "{receipt}");
     assert_eq!(receipt["transcript_sha256"], last["transcript"]["sha256"]);
-    assert_eq!(receipt["method"], "crypto-shred+unlink");
+    // The chart's worker without Key Vault: ephemeral key custody.
+    assert_eq!(receipt["method"], "crypto-shred(ephemeral-key)+unlink");
+    assert_eq!(receipt["method"], "crypto-shred(ephemeral-key)+unlink");
     assert!(receipt["audit_log"]
         .as_str()
         .unwrap()
@@ -1128,7 +1130,6 @@ fn image_runtime_contract_read_only_root_non_root_meeting_to_receipt() {
         "transcripts/acme/m1.json",
         "transcripts/acme/m1.vtt",
         "audit/audit.jsonl",
-        "keys/kek.key",
     ] {
         assert!(
             names.iter().any(|n| n == expected),

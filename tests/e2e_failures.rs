@@ -32,9 +32,23 @@ fn fatal_with(run: &Run, needle: &str) -> serde_json::Value {
 
 #[test]
 fn sigkill_mid_meeting_leaves_only_ciphertext_and_the_next_start_sweeps_it() {
+    sigkill_mid_meeting(None);
+}
+
+/// The same with the key file: the key custody whose leftovers stay
+/// decryptable (the test decrypts them, proving they are the meeting's audio).
+#[test]
+fn sigkill_mid_meeting_with_the_local_key_file_leaves_decryptable_ciphertext() {
+    sigkill_mid_meeting(Some("local_file"));
+}
+
+fn sigkill_mid_meeting(provider: Option<&str>) {
     let mut ws = Workspace::new();
     // A tiny memory budget so sealed chunks spill to the spool within a second.
     ws.extra_config = "[recording]\nmemory_budget_kib = 0\nchunk_kib = 1\n".into();
+    if let Some(p) = provider {
+        ws.extra_config += &format!("[keys]\nprovider = {p:?}\n");
+    }
     let long = "This meeting is about the quarterly roadmap. We will discuss hiring, the budget, \
                 and the customer feedback from the last release in some detail.";
     let (m, wav) = one_speaker(&ws, "realtime", long);
@@ -82,15 +96,30 @@ fn sigkill_mid_meeting_leaves_only_ciphertext_and_the_next_start_sweeps_it() {
     let rec_dirs = ws.recording_dirs();
     assert_eq!(rec_dirs.len(), 1, "{rec_dirs:?}");
     let header = recording::read_header(&rec_dirs[0]).unwrap();
+    let pcm = wav_pcm(&wav);
+    for f in &files {
+        assert_no_plaintext_audio(&f.display().to_string(), &read(f), &pcm);
+    }
+    if provider.is_none() {
+        // Default custody: the key was never written anywhere, so nothing
+        // can decrypt what the killed process left (tests/recording_crash.rs
+        // proves it byte by byte).
+        assert!(!ws.key_file().exists(), "a key file was created");
+        assert_eq!(header.wrapped_key.provider, "ephemeral");
+        assert!(header.wrapped_key.wrapped.is_empty(), "{header:?}");
+        return sweep_and_check_receipt(
+            &ws,
+            &header.id,
+            "orphan-sweep(ephemeral-key-died-with-process)+unlink",
+        );
+    }
     let kek = LocalKeyFile::open_or_create(ws.key_file()).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
     let dek = rt.block_on(kek.unwrap(&header.wrapped_key)).unwrap();
-    let pcm = wav_pcm(&wav);
     for f in &files {
         let bytes = read(f);
-        assert_no_plaintext_audio(&f.display().to_string(), &bytes, &pcm);
         assert!(
             !contains(&bytes, dek.as_bytes()),
             "{} holds the plaintext key",
@@ -108,9 +137,12 @@ fn sigkill_mid_meeting_leaves_only_ciphertext_and_the_next_start_sweeps_it() {
         .filter_map(Result::ok)
         .count();
     assert!(packets > 20, "{packets} packets decrypted");
+    sweep_and_check_receipt(&ws, &header.id, "orphan-sweep(local-key-file)+unlink");
+}
 
-    // The next start sweeps it, with a receipt.
-    let (m2, _) = one_speaker(&ws, "fast", "Short.");
+/// The next start sweeps the orphan, with a receipt that states its custody.
+fn sweep_and_check_receipt(ws: &Workspace, recording_id: &str, method: &str) {
+    let (m2, _) = one_speaker(ws, "fast", "Short.");
     let run = ws.join(&format!("replay:{}", m2.display()), &["--meeting-id", "m2"]);
     assert_eq!(run.code, Some(0), "{}", run.describe());
     assert!(ws.spool_files().is_empty(), "{:?}", ws.spool_files());
@@ -118,10 +150,11 @@ fn sigkill_mid_meeting_leaves_only_ciphertext_and_the_next_start_sweeps_it() {
     let swept: Vec<serde_json::Value> = audit
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|e| e["receipt"]["recording_id"] == header.id.as_str())
+        .filter(|e| e["receipt"]["recording_id"] == recording_id)
         .collect();
     assert_eq!(swept.len(), 1, "{audit}");
     assert_eq!(swept[0]["receipt"]["transcript_committed"], false);
+    assert_eq!(swept[0]["receipt"]["method"], method, "{audit}");
     assert!(swept[0]["receipt"]["reason"]
         .as_str()
         .unwrap()
@@ -271,7 +304,9 @@ fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
 
 #[test]
 fn corrupt_key_file_and_missing_model_are_fatal_and_named() {
-    let ws = Workspace::new();
+    let mut ws = Workspace::new();
+    // The key file is read only when chosen.
+    ws.extra_config = "[keys]\nprovider = \"local_file\"\n".into();
     let (m, _) = one_speaker(&ws, "fast", "Hello there.");
     std::fs::create_dir_all(ws.key_file().parent().unwrap()).unwrap();
     std::fs::write(ws.key_file(), b"short").unwrap();

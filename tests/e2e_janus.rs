@@ -140,7 +140,10 @@ fn assert_done_after_everyone_left_through(run: &Run, in_call: &[&str]) -> serde
     assert_eq!(ended["reason"], "everyone_left", "{}", run.describe());
     let last = run.last();
     assert_eq!(last["receipt"]["transcript_committed"], true);
-    assert_eq!(last["receipt"]["method"], "crypto-shred+unlink");
+    assert_eq!(
+        last["receipt"]["method"],
+        "crypto-shred(ephemeral-key)+unlink"
+    );
     transcript_of(&last)
 }
 

@@ -297,6 +297,7 @@ async fn a_recording_under_key_vault_replays_reopens_from_its_header_and_is_dest
     let dir = rec.dir().to_path_buf();
     let report = rec.destroy().expect("destroy");
     assert_eq!(report.meeting_id, "meeting-kv");
+    assert_eq!(report.method, "crypto-shred(key-vault-wrapped)+unlink");
     assert!(!dir.exists());
 }
 

@@ -268,3 +268,27 @@ fn missing_log_is_an_io_error() {
     let err = verify(&tmp.path().join("none.jsonl")).expect_err("missing");
     assert!(matches!(err, AuditError::Io { .. }), "{err:?}");
 }
+
+#[test]
+fn a_log_spanning_the_key_custody_methods_verifies() {
+    // Receipts written before custody was stated (legacy methods) and after:
+    // one chain, every entry valid, and every method one the build documents.
+    let (_tmp, path) = log_with(2);
+    let log = AuditLog::open(&path).unwrap();
+    let mut legacy_sweep = receipt(3);
+    legacy_sweep.method = "orphan-sweep+unlink".into();
+    log.append(&legacy_sweep).unwrap();
+    for (i, (method, _)) in meetbot::recording::METHODS.iter().enumerate() {
+        let mut r = receipt(10 + i as u64);
+        r.method = (*method).into();
+        log.append(&r).unwrap();
+    }
+    let report = verify(&path).expect("verifies");
+    assert_eq!(report.entries, 3 + meetbot::recording::METHODS.len() as u64);
+    let documented: Vec<&str> = meetbot::recording::METHODS.iter().map(|m| m.0).collect();
+    for line in lines(&path) {
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let m = v["receipt"]["method"].as_str().unwrap();
+        assert!(documented.contains(&m), "{m} is not documented");
+    }
+}

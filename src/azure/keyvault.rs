@@ -45,7 +45,7 @@ use zeroize::{Zeroize, Zeroizing};
 use crate::recording::{DataKey, KeyError, KeyProvider, WrappedKey, KEY_LEN};
 
 /// Provider name stored in [`WrappedKey::provider`].
-pub const PROVIDER: &str = "azure-keyvault";
+pub const PROVIDER: &str = crate::recording::keys::KEY_VAULT_PROVIDER;
 /// The wrapping algorithm, as Key Vault names it.
 pub const ALG: &str = "RSA-OAEP-256";
 /// The token scope Key Vault challenges for (informational: the SDK takes the

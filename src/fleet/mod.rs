@@ -103,10 +103,21 @@ pub async fn build_keys(
     azure: Option<&AzureEnv>,
 ) -> Result<Arc<dyn crate::recording::KeyProvider>, String> {
     match cfg.keys.provider {
-        crate::config::KeysKind::Local => {
-            crate::recording::LocalKeyFile::open_or_create(cfg.paths.key_file())
-                .map(|k| Arc::new(k) as Arc<dyn crate::recording::KeyProvider>)
-                .map_err(|e| format!("key provider: {e}"))
+        crate::config::KeysKind::Ephemeral => {
+            tracing::info!("Recording keys are ephemeral: they never leave this process's memory.");
+            Ok(Arc::new(crate::recording::EphemeralKeys))
+        }
+        crate::config::KeysKind::LocalFile => {
+            let kek = crate::recording::LocalKeyFile::open_or_create(cfg.paths.key_file())
+                .map_err(|e| format!("key provider: {e}"))?;
+            tracing::warn!(
+                key_file = %kek.path().display(),
+                "keys.provider = \"local_file\": recording keys are wrapped by a key file that \
+                 outlives them, so a copy of the spool stays decryptable with it even after the \
+                 recording is destroyed; receipts say unlink(local-key-file), not crypto-shred. \
+                 Use \"ephemeral\" (default) or \"azure_keyvault\" unless you need this."
+            );
+            Ok(Arc::new(kek))
         }
         crate::config::KeysKind::AzureKeyvault => {
             let owned;

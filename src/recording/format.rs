@@ -25,6 +25,7 @@
 use sha2::{Digest, Sha256};
 
 use crate::core::media::ParticipantId;
+use crate::secmem::LockedVec;
 
 /// Frame magic.
 pub(crate) const FRAME_MAGIC: &[u8; 4] = b"MBC1";
@@ -84,11 +85,11 @@ pub(crate) fn record_len(participant: &ParticipantId, payload_len: usize) -> Res
     Ok(RECORD_FIXED + id + payload_len)
 }
 
-/// Appends one record to `out`. The caller has checked [`record_len`] and
-/// reserved room, so `out` never reallocates (a reallocation would leave a
-/// stale plaintext copy behind in freed memory).
+/// Appends one record to `out`, the recording's locked plaintext buffer
+/// (which wipes its old mapping if it ever grows). The caller has checked
+/// [`record_len`].
 pub(crate) fn encode_record(
-    out: &mut Vec<u8>,
+    out: &mut LockedVec<u8>,
     participant: &ParticipantId,
     seq: u16,
     at_ms: u64,
@@ -208,7 +209,7 @@ mod tests {
     #[test]
     fn record_round_trip() {
         let p = ParticipantId("feed-42".into());
-        let mut buf = Vec::new();
+        let mut buf = LockedVec::with_capacity(0);
         encode_record(&mut buf, &p, 65535, u64::MAX - 1, b"\x01\x02\x03");
         encode_record(&mut buf, &p, 0, 0, b"");
         assert_eq!(
@@ -229,7 +230,7 @@ mod tests {
     #[test]
     fn truncated_or_bad_records_are_errors_not_panics() {
         let p = ParticipantId("abc".into());
-        let mut buf = Vec::new();
+        let mut buf = LockedVec::with_capacity(0);
         encode_record(&mut buf, &p, 1, 2, &[9u8; 40]);
         for cut in 1..buf.len() {
             let mut pos = 0;

@@ -1,14 +1,27 @@
 //! Data keys and the key-provider seam.
 //!
-//! Every recording is encrypted under its own random 256-bit [`DataKey`]. The
-//! data key never reaches disk in plaintext: the recording header stores it
-//! wrapped (encrypted) by a [`KeyProvider`]. Destroying a recording zeroizes
-//! the data key and deletes the wrapped copy, which crypto-shreds every chunk
-//! even if a ciphertext copy survived somewhere.
+//! Every recording is encrypted under its own random 256-bit [`DataKey`],
+//! held in locked, non-dumped memory ([`crate::secmem`]). Who else can ever
+//! recover it is the recording's **key custody**, chosen with
+//! `keys.provider` and recorded in the receipt's `method` ([`KeyCustody`]):
 //!
-//! [`LocalKeyFile`] is the default provider: a key-encryption key (KEK) in a
-//! 0600 file created on first use. Azure Key Vault is the other
-//! (`crate::azure::keyvault::KeyVaultProvider`).
+//! - [`EphemeralKeys`] (default): the key is not wrapped at all. It exists
+//!   only inside the process that made the recording; the header carries an
+//!   empty wrapped key. When the process ends, normally or by SIGKILL, every
+//!   copy of the ciphertext anywhere becomes undecryptable.
+//! - Azure Key Vault (`crate::azure::keyvault::KeyVaultProvider`): the header
+//!   stores the key wrapped by a vault RSA key and is deleted with the
+//!   recording. A copy of the spool taken before deletion stays decryptable
+//!   by whoever may also unwrap with that vault key, until the copy is gone.
+//! - [`LocalKeyFile`] (explicit choice only): a key-encryption key (KEK) in a
+//!   0600 file. The file outlives every recording, so anyone with a copy of a
+//!   spool and the key file can decrypt it, before and after deletion.
+//!
+//! Why the ephemeral provider does not wrap under an in-memory KEK: the only
+//! party that could unwrap is the same process, which already holds the data
+//! key (in the recording's cipher). A KEK would be a second secret protecting
+//! nothing, and a wrapped blob on disk would turn a future KEK leak into a
+//! decryptable spool.
 
 use std::fmt;
 use std::fs::{self, DirBuilder, File, OpenOptions};
@@ -23,29 +36,31 @@ use base64::Engine as _;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+use zeroize::{Zeroize, Zeroizing};
+
+use crate::secmem::LockedBox;
 
 /// Length of a data key and of a key-encryption key, in bytes (AES-256).
 pub const KEY_LEN: usize = 32;
 
 /// A recording's 256-bit data-encryption key.
 ///
-/// Zeroized on drop, not `Clone` (so no forgotten copies), and its `Debug`
-/// prints nothing about the key.
-#[derive(Zeroize, ZeroizeOnDrop)]
-pub struct DataKey([u8; KEY_LEN]);
+/// Kept in a locked, non-dumped page that is wiped on drop; not `Clone` (so
+/// no forgotten copies), and its `Debug` prints nothing about the key.
+pub struct DataKey(LockedBox<[u8; KEY_LEN]>);
 
 impl DataKey {
-    /// A fresh key from the operating system's CSPRNG.
+    /// A fresh key from the operating system's CSPRNG, generated in place.
     pub fn generate() -> Self {
-        let mut key = DataKey([0u8; KEY_LEN]);
-        rand::rngs::OsRng.fill_bytes(&mut key.0);
+        let mut key = DataKey(LockedBox::new([0u8; KEY_LEN]));
+        rand::rngs::OsRng.fill_bytes(&mut key.0[..]);
         key
     }
 
     /// Takes the key bytes out of `bytes`, zeroizing the source.
     pub fn from_bytes(bytes: &mut [u8; KEY_LEN]) -> Self {
-        let key = DataKey(*bytes);
+        let mut key = DataKey(LockedBox::new([0u8; KEY_LEN]));
+        key.0.copy_from_slice(&bytes[..]);
         bytes.zeroize();
         key
     }
@@ -55,10 +70,16 @@ impl DataKey {
         &self.0
     }
 
-    /// The AES-256-GCM cipher for this key. Its key schedule is zeroized on
-    /// drop (the `aes/zeroize` feature is enabled in Cargo.toml).
-    pub(crate) fn cipher(&self) -> Aes256Gcm {
-        Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&self.0))
+    /// The AES-256-GCM cipher for this key, in locked memory. Its key schedule
+    /// is zeroized on drop (the `aes/zeroize` feature is enabled in
+    /// Cargo.toml) and its page wiped.
+    pub(crate) fn cipher(&self) -> LockedBox<Aes256Gcm> {
+        LockedBox::new(Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&self.0[..])))
+    }
+
+    /// Whether the key's page is locked in RAM (see [`crate::secmem`]).
+    pub fn is_locked(&self) -> bool {
+        self.0.is_locked()
     }
 }
 
@@ -145,6 +166,13 @@ pub enum KeyError {
     /// Encryption failed (cannot happen with valid inputs; reported, not panicked).
     #[error("key wrapping failed")]
     Wrap,
+    /// The wrapped key carries no key material: the data key lived only in
+    /// the memory of the process that made the recording ([`EphemeralKeys`]).
+    #[error(
+        "the recording's key was ephemeral: it existed only in the memory of the process \
+         that made the recording and cannot be recovered"
+    )]
+    NotRecoverable,
     /// A key-provider setting is wrong; the message names it.
     #[error("key provider configuration: {0}")]
     Config(String),
@@ -221,8 +249,8 @@ impl KeyError {
     }
 }
 
-/// Wraps and unwraps data keys. Implementations: [`LocalKeyFile`] and
-/// `crate::azure::keyvault::KeyVaultProvider`.
+/// Wraps and unwraps data keys. Implementations: [`EphemeralKeys`],
+/// [`LocalKeyFile`] and `crate::azure::keyvault::KeyVaultProvider`.
 #[async_trait]
 pub trait KeyProvider: Send + Sync {
     /// Stable provider name, stored in [`WrappedKey::provider`].
@@ -231,6 +259,138 @@ pub trait KeyProvider: Send + Sync {
     async fn wrap(&self, dek: &DataKey) -> Result<WrappedKey, KeyError>;
     /// Decrypts a key made by [`KeyProvider::wrap`].
     async fn unwrap(&self, wrapped: &WrappedKey) -> Result<DataKey, KeyError>;
+}
+
+/// Provider name of [`EphemeralKeys`].
+pub const EPHEMERAL_PROVIDER: &str = "ephemeral";
+/// [`WrappedKey::alg`] of [`EphemeralKeys`]: nothing is wrapped.
+pub const EPHEMERAL_ALG: &str = "none";
+/// [`WrappedKey::key_id`] of [`EphemeralKeys`].
+pub const EPHEMERAL_KEY_ID: &str = "process-memory";
+/// [`WrappedKey::provider`] of the Azure Key Vault provider.
+pub const KEY_VAULT_PROVIDER: &str = "azure-keyvault";
+
+/// The default key provider: recording keys are never wrapped and never leave
+/// the process's (locked) memory.
+///
+/// [`KeyProvider::wrap`] returns a placeholder with no key material
+/// (`alg = "none"`, empty `wrapped`); [`KeyProvider::unwrap`] always fails
+/// with [`KeyError::NotRecoverable`]. The running process decrypts with the
+/// cipher its [`super::Recording`] holds; after the process ends nothing can.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct EphemeralKeys;
+
+impl EphemeralKeys {
+    /// The header entry for a key that is not wrapped.
+    pub fn placeholder() -> WrappedKey {
+        WrappedKey {
+            provider: EPHEMERAL_PROVIDER.into(),
+            key_id: EPHEMERAL_KEY_ID.into(),
+            alg: EPHEMERAL_ALG.into(),
+            wrapped: String::new(),
+        }
+    }
+}
+
+#[async_trait]
+impl KeyProvider for EphemeralKeys {
+    fn name(&self) -> &str {
+        EPHEMERAL_PROVIDER
+    }
+
+    async fn wrap(&self, _dek: &DataKey) -> Result<WrappedKey, KeyError> {
+        Ok(Self::placeholder())
+    }
+
+    async fn unwrap(&self, _wrapped: &WrappedKey) -> Result<DataKey, KeyError> {
+        Err(KeyError::NotRecoverable)
+    }
+}
+
+/// Who can recover a recording's data key once its process is gone; decides
+/// the receipt's `method` ([`super::METHODS`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyCustody {
+    /// [`EphemeralKeys`]: nobody. The key died with the process.
+    Ephemeral,
+    /// Azure Key Vault: whoever may unwrap with the vault key, given a copy of
+    /// the header taken before deletion.
+    KeyVaultWrapped,
+    /// [`LocalKeyFile`]: whoever has the key file and a copy of the spool.
+    LocalKeyFile,
+    /// Not known: an unreadable header, or a provider this build does not know.
+    Unknown,
+}
+
+impl KeyCustody {
+    /// The custody of a key wrapped by the provider named `provider`
+    /// ([`WrappedKey::provider`]).
+    pub fn of_provider(provider: &str) -> Self {
+        match provider {
+            EPHEMERAL_PROVIDER => KeyCustody::Ephemeral,
+            KEY_VAULT_PROVIDER => KeyCustody::KeyVaultWrapped,
+            LOCAL_PROVIDER => KeyCustody::LocalKeyFile,
+            _ => KeyCustody::Unknown,
+        }
+    }
+
+    /// The receipt method of [`super::Recording::destroy`] under this custody.
+    pub fn destroy_method(self) -> &'static str {
+        match self {
+            KeyCustody::Ephemeral => super::METHOD_DESTROY_EPHEMERAL,
+            KeyCustody::KeyVaultWrapped => super::METHOD_DESTROY_KEY_VAULT,
+            KeyCustody::LocalKeyFile => super::METHOD_DESTROY_LOCAL_FILE,
+            KeyCustody::Unknown => super::METHOD_DESTROY_UNKNOWN,
+        }
+    }
+
+    /// The receipt method of [`super::sweep_orphans`] under this custody.
+    pub fn sweep_method(self) -> &'static str {
+        match self {
+            KeyCustody::Ephemeral => super::METHOD_SWEEP_EPHEMERAL,
+            KeyCustody::KeyVaultWrapped => super::METHOD_SWEEP_KEY_VAULT,
+            KeyCustody::LocalKeyFile => super::METHOD_SWEEP_LOCAL_FILE,
+            KeyCustody::Unknown => super::METHOD_SWEEP_UNKNOWN,
+        }
+    }
+
+    /// The custody a receipt `method` states, if it is one of this build's
+    /// (legacy methods did not state it).
+    pub fn of_method(method: &str) -> Option<Self> {
+        [
+            KeyCustody::Ephemeral,
+            KeyCustody::KeyVaultWrapped,
+            KeyCustody::LocalKeyFile,
+            KeyCustody::Unknown,
+        ]
+        .into_iter()
+        .find(|c| c.destroy_method() == method || c.sweep_method() == method)
+    }
+
+    /// What an orphan's receipt says about who could still decrypt it.
+    pub fn orphan_reason(self) -> &'static str {
+        match self {
+            KeyCustody::Ephemeral => {
+                "orphaned recording: its process ended before committing a transcript. Its key \
+                 existed only in that process's memory, so the ciphertext has been undecryptable \
+                 since the process died; swept at the next start"
+            }
+            KeyCustody::KeyVaultWrapped => {
+                "orphaned recording: its process ended before committing a transcript. Its key \
+                 survived only wrapped by the Key Vault key in the recording's header, deleted \
+                 now; swept at the next start"
+            }
+            KeyCustody::LocalKeyFile => {
+                "orphaned recording: its process ended before committing a transcript. Its key \
+                 was wrapped by the local key file, which remains: a copy of the spool taken \
+                 before this sweep stays decryptable with it; swept at the next start"
+            }
+            KeyCustody::Unknown => {
+                "orphaned recording: its process ended before committing a transcript. Its \
+                 header was unreadable, so its key custody is unknown; swept at the next start"
+            }
+        }
+    }
 }
 
 /// Provider name of [`LocalKeyFile`].
@@ -251,13 +411,16 @@ const FILE_MAX: usize = FILE_PREFIX.len() + 64 + 1 + 8 + 2;
 
 /// A key-encryption key kept in a local file (mode 0600), created on first use.
 ///
-/// Suitable for a single host or a pod with the file mounted from a secret;
-/// losing the file makes every wrapped key unreadable, which for ephemeral
-/// recordings only means they cannot be replayed.
+/// **Weakness:** the file outlives the recordings it protects. Destroying a
+/// recording deletes its wrapped key, but a copy of the spool taken earlier
+/// (a backup, a snapshot of the disk, an attacker's `cp`) plus this file still
+/// decrypts the audio. Receipts say `unlink(local-key-file)`, never
+/// `crypto-shred`. Used only with `keys.provider = "local_file"`.
 pub struct LocalKeyFile {
     path: PathBuf,
     key_id: String,
-    kek: Aes256Gcm,
+    /// The KEK's cipher, in locked memory.
+    kek: LockedBox<Aes256Gcm>,
 }
 
 impl fmt::Debug for LocalKeyFile {
@@ -333,7 +496,7 @@ impl LocalKeyFile {
             problem,
         })?;
         let key_id = fingerprint(&kek);
-        let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&kek[..]));
+        let cipher = LockedBox::new(Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&kek[..])));
         kek.zeroize();
         tracing::debug!(key_id = %key_id, "Loaded the local key-encryption key.");
         Ok(LocalKeyFile {

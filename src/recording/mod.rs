@@ -4,12 +4,15 @@
 //! never PCM) for the length of one meeting, so audio can be replayed after an
 //! STT reconnect, and then destroys them with a verifiable report.
 //!
-//! - **Keys.** Each recording has its own random 256-bit [`DataKey`]. Only the
-//!   [`WrappedKey`] (encrypted by a [`KeyProvider`]) is written to the
-//!   recording's header; the plaintext key lives in memory and is zeroized on
-//!   drop.
-//! - **Chunks.** Packets are framed into a plaintext chunk buffer in memory
-//!   (zeroized after sealing and on drop, and sized so it never reallocates).
+//! - **Keys.** Each recording has its own random 256-bit [`DataKey`]. At most
+//!   the [`WrappedKey`] (encrypted by a [`KeyProvider`]; with the default
+//!   [`EphemeralKeys`] an empty placeholder) is written to the recording's
+//!   header; the plaintext key lives only in locked memory
+//!   ([`crate::secmem`]: no swap, no core dump) and is wiped on drop. Who can
+//!   recover the key later is its [`KeyCustody`], stated in the receipt's
+//!   `method` ([`METHODS`]).
+//! - **Chunks.** Packets are framed into a plaintext chunk buffer in locked
+//!   memory (wiped after sealing and on drop, sealed in place).
 //!   A full chunk is sealed with AES-256-GCM: the nonce is derived from the
 //!   chunk index (a counter, so unique under the per-recording key) and the
 //!   associated data binds recording id and chunk index, so edits, swaps and
@@ -18,12 +21,15 @@
 //!   [`RecordingConfig::memory_budget_bytes`]; beyond it the oldest sealed
 //!   chunks are appended to `spool_dir/<id>/chunks.bin`. Only ciphertext is
 //!   ever written, so a crash (even SIGKILL) leaves nothing readable without
-//!   the KEK, and the next start's [`sweep_orphans`] deletes it.
+//!   the key (with [`EphemeralKeys`]: nothing readable at all), and the next
+//!   start's [`sweep_orphans`] deletes it.
 //! - **Liveness.** A live recording holds an exclusive `flock` on its
 //!   directory for its whole lifetime; the kernel drops it when the process
 //!   dies, which is how a sweep tells live recordings from orphans.
-//! - **Deletion.** [`Recording::destroy`] zeroizes the key (crypto-shred),
-//!   unlinks every file, removes the directory and verifies nothing remains.
+//! - **Deletion.** [`Recording::destroy`] wipes the key, unlinks every file
+//!   (the wrapped key with the header), removes the directory and verifies
+//!   nothing remains. That is a crypto-shred only when no key outside the
+//!   process could unwrap a copy: see [`METHODS`].
 //!
 //! **Invariant:** no plaintext audio and no plaintext key ever reaches disk.
 //! Participant ids (platform feed ids) appear only inside ciphertext; names are
@@ -47,14 +53,17 @@ use aes_gcm::aead::AeadInPlace;
 use aes_gcm::{Aes256Gcm, Nonce};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroize;
 
 use crate::core::media::{OpusPacket, ParticipantId};
+use crate::secmem::{LockedBox, LockedVec};
 
 pub use intent::{
     pending_receipt_intents, remove_receipt_intent, write_receipt_intent, PendingIntent,
 };
-pub use keys::{DataKey, KeyError, KeyProvider, LocalKeyFile, WrappedKey, KEY_LEN};
+pub use keys::{
+    DataKey, EphemeralKeys, KeyCustody, KeyError, KeyProvider, LocalKeyFile, WrappedKey, KEY_LEN,
+};
 pub use sweep::{sweep_orphans, SweepFailure, SweepReport};
 
 /// Default size at which a plaintext chunk is sealed: 64 KiB, about 20 s of
@@ -68,11 +77,81 @@ pub const MIN_CHUNK_BYTES: usize = 1024;
 /// Largest accepted [`RecordingConfig::chunk_bytes`].
 pub const MAX_CHUNK_BYTES: usize = 4 * 1024 * 1024;
 
-/// [`DestroyReport::method`] of [`Recording::destroy`].
-pub const METHOD_DESTROY: &str = "crypto-shred+unlink";
-/// [`DestroyReport::method`] of [`sweep_orphans`]: the plaintext key died
-/// with the crashed process; the sweep unlinks the wrapped key and chunks.
-pub const METHOD_SWEEP: &str = "orphan-sweep+unlink";
+/// [`Recording::destroy`] with [`EphemeralKeys`]: the only copy of the key
+/// was wiped from memory, then the files unlinked. No copy of the ciphertext,
+/// wherever it is, can be decrypted any more.
+pub const METHOD_DESTROY_EPHEMERAL: &str = "crypto-shred(ephemeral-key)+unlink";
+/// [`Recording::destroy`] with Key Vault: the key was wiped from memory and
+/// its wrapped copy (the header) unlinked. A copy of the spool taken earlier
+/// stays decryptable by whoever may unwrap with the vault key.
+pub const METHOD_DESTROY_KEY_VAULT: &str = "crypto-shred(key-vault-wrapped)+unlink";
+/// [`Recording::destroy`] with [`LocalKeyFile`]: files unlinked and the key
+/// wiped from memory, but the key file that unwraps a copy remains. Not a
+/// crypto-shred.
+pub const METHOD_DESTROY_LOCAL_FILE: &str = "unlink(local-key-file)";
+/// [`Recording::destroy`] with a provider this build does not know.
+pub const METHOD_DESTROY_UNKNOWN: &str = "unlink(unknown-key-custody)";
+/// [`sweep_orphans`] of an [`EphemeralKeys`] recording: the key died with
+/// the process, so the ciphertext was undecryptable from that moment; the
+/// sweep unlinks it.
+pub const METHOD_SWEEP_EPHEMERAL: &str = "orphan-sweep(ephemeral-key-died-with-process)+unlink";
+/// [`sweep_orphans`] of a Key Vault recording: the wrapped key and chunks
+/// unlinked (earlier copies: as [`METHOD_DESTROY_KEY_VAULT`]).
+pub const METHOD_SWEEP_KEY_VAULT: &str = "orphan-sweep(key-vault-wrapped)+unlink";
+/// [`sweep_orphans`] of a [`LocalKeyFile`] recording: unlinked; the key file
+/// remains.
+pub const METHOD_SWEEP_LOCAL_FILE: &str = "orphan-sweep(local-key-file)+unlink";
+/// [`sweep_orphans`] of a recording whose header was unreadable.
+pub const METHOD_SWEEP_UNKNOWN: &str = "orphan-sweep(unknown-key-custody)+unlink";
+/// Receipts written before key custody was stated (`Recording::destroy` then
+/// used the local key file by default). Still valid in audit logs.
+pub const LEGACY_METHOD_DESTROY: &str = "crypto-shred+unlink";
+/// Orphan-sweep receipts written before key custody was stated.
+pub const LEGACY_METHOD_SWEEP: &str = "orphan-sweep+unlink";
+
+/// Every receipt method, with the guarantee it states.
+pub const METHODS: &[(&str, &str)] = &[
+    (
+        METHOD_DESTROY_EPHEMERAL,
+        "key only ever in process memory, wiped; no copy of the ciphertext can be decrypted",
+    ),
+    (
+        METHOD_DESTROY_KEY_VAULT,
+        "key wiped, wrapped key deleted; an earlier copy decrypts only with Key Vault unwrap rights",
+    ),
+    (
+        METHOD_DESTROY_LOCAL_FILE,
+        "files deleted; an earlier copy still decrypts with the local key file",
+    ),
+    (
+        METHOD_DESTROY_UNKNOWN,
+        "files deleted; key custody unknown",
+    ),
+    (
+        METHOD_SWEEP_EPHEMERAL,
+        "key died with the process; the leftover ciphertext was undecryptable, then deleted",
+    ),
+    (
+        METHOD_SWEEP_KEY_VAULT,
+        "orphan deleted with its wrapped key; an earlier copy decrypts only with Key Vault unwrap rights",
+    ),
+    (
+        METHOD_SWEEP_LOCAL_FILE,
+        "orphan deleted; an earlier copy still decrypts with the local key file",
+    ),
+    (
+        METHOD_SWEEP_UNKNOWN,
+        "orphan deleted; its header was unreadable, key custody unknown",
+    ),
+    (
+        LEGACY_METHOD_DESTROY,
+        "older receipt: key wiped and files deleted, custody not stated (then the local key file by default)",
+    ),
+    (
+        LEGACY_METHOD_SWEEP,
+        "older receipt: orphan deleted, custody not stated",
+    ),
+];
 
 const HEADER_FILE: &str = "header.json";
 const CHUNKS_FILE: &str = "chunks.bin";
@@ -188,7 +267,7 @@ pub struct DestroyReport {
     pub ciphertext_bytes: u64,
     /// [`RecordingStats::manifest_sha256`] of what was destroyed.
     pub manifest_sha256: String,
-    /// [`METHOD_DESTROY`] or [`METHOD_SWEEP`].
+    /// One of [`METHODS`]: what was done and which key custody it had.
     pub method: String,
 }
 
@@ -328,15 +407,18 @@ pub struct Recording {
     id: String,
     dir: PathBuf,
     meta: RecordingMeta,
-    /// `None` only after destroy. Its AES key schedule is zeroized on drop.
-    cipher: Option<Aes256Gcm>,
+    /// `None` only after destroy. Its AES key schedule is in locked memory,
+    /// zeroized and wiped on drop.
+    cipher: Option<LockedBox<Aes256Gcm>>,
+    /// Who else can recover the key; decides the receipt method.
+    custody: KeyCustody,
     /// The recording directory, open with an exclusive flock held.
     _lock: OwnedFd,
     chunk_bytes: usize,
     budget: usize,
-    /// The unsealed plaintext chunk. Capacity is reserved up front so it never
-    /// reallocates (which would strand a plaintext copy in freed memory).
-    plain: Zeroizing<Vec<u8>>,
+    /// The unsealed plaintext chunk, in locked memory; sealed in place.
+    /// Capacity is reserved up front so it never has to grow.
+    plain: LockedVec<u8>,
     memory: VecDeque<SealedChunk>,
     memory_bytes: usize,
     spool: Option<File>,
@@ -376,6 +458,7 @@ impl Recording {
         meta: RecordingMeta,
     ) -> Result<Self, RecordingError> {
         cfg.validate()?;
+        let wrapped_provider = wrapped.provider.clone();
         DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -438,6 +521,7 @@ impl Recording {
                 return Err(e);
             }
         };
+        let custody = KeyCustody::of_provider(&wrapped_provider);
         let cipher = dek.cipher();
         drop(dek);
         tracing::debug!(recording_id = %id, "Recording created.");
@@ -447,10 +531,11 @@ impl Recording {
             dir,
             meta,
             cipher: Some(cipher),
+            custody,
             _lock: lock,
             chunk_bytes: cfg.chunk_bytes,
             budget: cfg.memory_budget_bytes,
-            plain: Zeroizing::new(Vec::with_capacity(cfg.chunk_bytes + format::MAX_RECORD)),
+            plain: LockedVec::with_capacity(cfg.chunk_bytes + format::MAX_RECORD),
             memory: VecDeque::new(),
             memory_bytes: 0,
             spool: None,
@@ -539,7 +624,7 @@ impl Recording {
     /// a full spool). For replay after an STT reconnect.
     pub fn replay(&mut self) -> Result<Packets<'_>, RecordingError> {
         self.seal()?;
-        let cipher = self.live_cipher()?.clone();
+        let cipher = LockedBox::new(Aes256Gcm::clone(self.live_cipher()?));
         let disk = if self.spilled_bytes > 0 {
             let file = File::open(&self.spool_path).map_err(io_err(&self.spool_path, "open"))?;
             Some(ChunkReader::new(
@@ -587,7 +672,7 @@ impl Recording {
             chunks: self.next_index,
             ciphertext_bytes: self.ciphertext_bytes,
             manifest_sha256: hex::encode(self.manifest.clone().finalize()),
-            method: METHOD_DESTROY.into(),
+            method: self.custody.destroy_method().into(),
         }
     }
 
@@ -595,7 +680,7 @@ impl Recording {
     fn shred(&mut self) {
         // Dropping the cipher zeroizes its key schedule (aes/zeroize).
         self.cipher = None;
-        self.plain.zeroize();
+        self.plain.clear();
         for chunk in &mut self.memory {
             chunk.ciphertext.zeroize();
         }
@@ -606,7 +691,7 @@ impl Recording {
 
     fn live_cipher(&self) -> Result<&Aes256Gcm, RecordingError> {
         // Only destroy() clears it, and destroy() consumes self.
-        self.cipher.as_ref().ok_or(RecordingError::Encrypt {
+        self.cipher.as_deref().ok_or(RecordingError::Encrypt {
             index: self.next_index,
         })
     }
@@ -617,18 +702,28 @@ impl Recording {
         }
         let index = self.next_index;
         let aad = format::aad_for(&self.id, index);
-        let mut buf = Zeroizing::new(Vec::with_capacity(self.plain.len() + format::TAG_LEN));
-        buf.extend_from_slice(&self.plain);
-        self.plain.zeroize();
-        self.live_cipher()?
-            .encrypt_in_place(
-                Nonce::from_slice(&format::nonce_for(index)),
-                &aad,
-                &mut *buf,
-            )
-            .map_err(|_| RecordingError::Encrypt { index })?;
-        // Now ciphertext: take it out of the zeroizing wrapper.
-        let ciphertext = std::mem::take(&mut *buf);
+        // Encrypted in place in the locked buffer: the plaintext is never
+        // copied to ordinary heap memory.
+        let cipher = self
+            .cipher
+            .as_deref()
+            .ok_or(RecordingError::Encrypt { index })?;
+        let sealed = cipher.encrypt_in_place_detached(
+            Nonce::from_slice(&format::nonce_for(index)),
+            &aad,
+            &mut self.plain[..],
+        );
+        let tag = match sealed {
+            Ok(tag) => tag,
+            Err(_) => {
+                self.plain.clear();
+                return Err(RecordingError::Encrypt { index });
+            }
+        };
+        let mut ciphertext = Vec::with_capacity(self.plain.len() + format::TAG_LEN);
+        ciphertext.extend_from_slice(&self.plain);
+        ciphertext.extend_from_slice(&tag);
+        self.plain.clear();
         format::manifest_update(&mut self.manifest, index, &ciphertext);
         self.ciphertext_bytes += ciphertext.len() as u64;
         self.memory_bytes += ciphertext.len();
@@ -838,14 +933,15 @@ impl ChunkReader {
 }
 
 /// Iterator over decrypted packets; see [`open_recording`] and
-/// [`Recording::replay`]. Each decrypted chunk is held in a zeroizing buffer.
+/// [`Recording::replay`]. Each chunk is decrypted in place in one locked
+/// buffer ([`crate::secmem`]), wiped before the next and on drop.
 pub struct Packets<'a> {
-    cipher: Aes256Gcm,
+    cipher: LockedBox<Aes256Gcm>,
     recording_id: String,
     disk: Option<ChunkReader>,
     memory: Option<vec_deque::Iter<'a, SealedChunk>>,
     next_index: u64,
-    current: Zeroizing<Vec<u8>>,
+    current: LockedVec<u8>,
     pos: usize,
     done: bool,
 }
@@ -861,7 +957,7 @@ impl fmt::Debug for Packets<'_> {
 
 impl<'a> Packets<'a> {
     fn new(
-        cipher: Aes256Gcm,
+        cipher: LockedBox<Aes256Gcm>,
         recording_id: String,
         disk: Option<ChunkReader>,
         memory: Option<vec_deque::Iter<'a, SealedChunk>>,
@@ -872,7 +968,7 @@ impl<'a> Packets<'a> {
             disk,
             memory,
             next_index: 0,
-            current: Zeroizing::new(Vec::new()),
+            current: LockedVec::with_capacity(0),
             pos: 0,
             done: false,
         }
@@ -928,16 +1024,22 @@ impl<'a> Packets<'a> {
                 problem: format!("chunk index {index} where {expected} was expected"),
             });
         }
-        self.current.zeroize();
-        let mut buf = Zeroizing::new(ciphertext);
-        self.cipher
-            .decrypt_in_place(
-                Nonce::from_slice(&nonce),
-                &format::aad_for(&self.recording_id, index),
-                &mut *buf,
-            )
-            .map_err(|_| RecordingError::Decrypt { index })?;
-        self.current = buf;
+        self.current.clear();
+        let Some(body_len) = ciphertext.len().checked_sub(format::TAG_LEN) else {
+            return Err(RecordingError::Decrypt { index });
+        };
+        let (body, tag) = ciphertext.split_at(body_len);
+        self.current.extend_from_slice(body);
+        let opened = self.cipher.decrypt_in_place_detached(
+            Nonce::from_slice(&nonce),
+            &format::aad_for(&self.recording_id, index),
+            &mut self.current[..],
+            aes_gcm::Tag::from_slice(tag),
+        );
+        if opened.is_err() {
+            self.current.clear();
+            return Err(RecordingError::Decrypt { index });
+        }
         self.pos = 0;
         self.next_index += 1;
         Ok(true)
@@ -991,7 +1093,7 @@ impl Iterator for Packets<'_> {
             }
             Err(e) => {
                 self.done = true;
-                self.current.zeroize();
+                self.current.clear();
                 Some(Err(e))
             }
         }

@@ -21,7 +21,7 @@ use rustix::io::Errno;
 use sha2::{Digest, Sha256};
 
 use super::{format, io_err, read_header, DestroyReport, RecordingError};
-use super::{CHUNKS_FILE, METHOD_SWEEP, SPOOL_LOCK_FILE};
+use super::{KeyCustody, CHUNKS_FILE, SPOOL_LOCK_FILE};
 
 /// What a sweep did.
 #[derive(Debug, Default)]
@@ -265,15 +265,19 @@ pub fn sweep_orphans(spool_dir: &Path) -> Result<SweepReport, RecordingError> {
 /// Builds the report of an orphan from its header and spool file, without
 /// decrypting anything.
 fn describe_orphan(dir: &Path, name: &str) -> DestroyReport {
-    let (meeting_id, tenant) = match read_header(dir) {
-        Ok(h) if h.id == name => (h.meeting_id, h.tenant),
+    let (meeting_id, tenant, custody) = match read_header(dir) {
+        Ok(h) if h.id == name => (
+            h.meeting_id,
+            h.tenant,
+            KeyCustody::of_provider(&h.wrapped_key.provider),
+        ),
         Ok(_) => {
             tracing::warn!(recording_id = %name, "Orphan's header names another recording id.");
-            (String::new(), String::new())
+            (String::new(), String::new(), KeyCustody::Unknown)
         }
         Err(e) => {
             tracing::warn!(recording_id = %name, error = %e, "Orphan's header is unreadable.");
-            (String::new(), String::new())
+            (String::new(), String::new(), KeyCustody::Unknown)
         }
     };
     let (chunks, ciphertext_bytes, manifest) = scan_chunks(&dir.join(CHUNKS_FILE));
@@ -284,7 +288,7 @@ fn describe_orphan(dir: &Path, name: &str) -> DestroyReport {
         chunks,
         ciphertext_bytes,
         manifest_sha256: hex::encode(manifest.finalize()),
-        method: METHOD_SWEEP.into(),
+        method: custody.sweep_method().into(),
     }
 }
 

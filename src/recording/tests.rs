@@ -5,12 +5,7 @@ use super::*;
 use std::fs;
 
 fn wrapped() -> WrappedKey {
-    WrappedKey {
-        provider: "test".into(),
-        key_id: "test".into(),
-        alg: "none".into(),
-        wrapped: String::new(),
-    }
+    EphemeralKeys::placeholder()
 }
 
 fn meta() -> RecordingMeta {
@@ -104,7 +99,7 @@ fn spool_full_is_reported_and_recoverable() {
 
     let dir = rec.dir().to_path_buf();
     let report = rec.destroy().expect("destroy");
-    assert_eq!(report.method, METHOD_DESTROY);
+    assert_eq!(report.method, METHOD_DESTROY_EPHEMERAL);
     assert!(!dir.exists());
 }
 
@@ -248,4 +243,119 @@ fn invalid_packets_and_config_are_rejected() {
         Err(RecordingError::Packet(_))
     ));
     assert_eq!(rec.stats().pending_bytes, 0);
+}
+
+/// A wrapped key as `provider` writes it (only `provider` matters here).
+fn wrapped_by(provider: &str) -> WrappedKey {
+    WrappedKey {
+        provider: provider.into(),
+        ..EphemeralKeys::placeholder()
+    }
+}
+
+#[test]
+fn receipt_methods_state_the_key_custody() {
+    let cases = [
+        (
+            "ephemeral",
+            "crypto-shred(ephemeral-key)+unlink",
+            "orphan-sweep(ephemeral-key-died-with-process)+unlink",
+        ),
+        (
+            "azure-keyvault",
+            "crypto-shred(key-vault-wrapped)+unlink",
+            "orphan-sweep(key-vault-wrapped)+unlink",
+        ),
+        (
+            "local-file",
+            "unlink(local-key-file)",
+            "orphan-sweep(local-key-file)+unlink",
+        ),
+        (
+            "something-else",
+            "unlink(unknown-key-custody)",
+            "orphan-sweep(unknown-key-custody)+unlink",
+        ),
+    ];
+    for (provider, destroyed, swept) in cases {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut rec = Recording::create(
+            &config(tmp.path(), 0),
+            DataKey::generate(),
+            wrapped_by(provider),
+            meta(),
+        )
+        .expect("create");
+        rec.append(&ParticipantId("p".into()), &packet(1))
+            .expect("append");
+        // An orphan of the same custody: the header as a crashed process
+        // leaves it, in a directory nobody holds.
+        let orphan = tmp.path().join(uuid::Uuid::new_v4().to_string());
+        fs::create_dir(&orphan).expect("mkdir");
+        let mut header = read_header(rec.dir()).expect("header");
+        header.id = orphan.file_name().unwrap().to_string_lossy().into_owned();
+        fs::write(
+            orphan.join(HEADER_FILE),
+            serde_json::to_vec(&header).expect("json"),
+        )
+        .expect("write header");
+        let report = rec.destroy().expect("destroy");
+        assert_eq!(report.method, destroyed, "{provider}");
+        assert_eq!(
+            KeyCustody::of_method(&report.method),
+            Some(KeyCustody::of_provider(provider))
+        );
+        let sweep = sweep_orphans(tmp.path()).expect("sweep");
+        assert_eq!(sweep.destroyed.len(), 1, "{provider}: {sweep:?}");
+        assert_eq!(sweep.destroyed[0].method, swept, "{provider}");
+        assert_eq!(
+            KeyCustody::of_method(swept),
+            Some(KeyCustody::of_provider(provider))
+        );
+    }
+    // Every method, new and legacy, is listed once with its meaning.
+    let mut names: Vec<&str> = METHODS.iter().map(|(m, _)| *m).collect();
+    assert_eq!(names.len(), 10);
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), 10, "duplicate method strings");
+    assert!(names.contains(&"crypto-shred+unlink") && names.contains(&"orphan-sweep+unlink"));
+    assert_eq!(KeyCustody::of_method("crypto-shred+unlink"), None);
+}
+
+#[test]
+fn key_schedule_and_plaintext_chunk_are_locked_and_not_dumped() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dek = DataKey::generate();
+    assert!(dek.is_locked(), "mlock failed in the test environment");
+    let mut rec = Recording::create(&RecordingConfig::new(tmp.path()), dek, wrapped(), meta())
+        .expect("create");
+    rec.append(&ParticipantId("p".into()), &packet(1))
+        .expect("append");
+    let cipher = rec.cipher.as_ref().expect("live cipher");
+    let plain_kb = (rec.plain.capacity() / 1024) as u64;
+    for (what, addr, min_kb) in [
+        ("key schedule", cipher.addr(), 4),
+        ("plaintext chunk", rec.plain.addr(), plain_kb),
+    ] {
+        let (locked_kb, flags) = crate::secmem::mapping_status(addr).expect("in smaps");
+        assert!(
+            locked_kb >= min_kb,
+            "{what}: Locked {locked_kb} kB < {min_kb} kB"
+        );
+        assert!(
+            flags.split_whitespace().any(|f| f == "dd"),
+            "{what}: not excluded from core dumps: {flags}"
+        );
+    }
+    // Replay decrypts into a locked buffer too.
+    let mut packets = rec.replay().expect("replay");
+    assert!(packets.next().expect("one packet").is_ok());
+    let (locked_kb, flags) = crate::secmem::mapping_status(packets.current.addr()).expect("smaps");
+    assert!(
+        locked_kb >= 4 && flags.contains("dd"),
+        "{locked_kb} {flags}"
+    );
+    drop(packets);
+    rec.destroy().expect("destroy");
 }

@@ -588,6 +588,19 @@ class Worker(unittest.TestCase):
                     with self.assertRaisesRegex(helm.HelmRenderError, "terminationGracePeriodSeconds"):
                         chart.render(merged(MINIMAL, override), name="mb", namespace="meetbot")
 
+    def test_worker_key_custody(self):
+        # With Key Vault: keys wrapped by it. Without: ephemeral (never written anywhere),
+        # never the local key file, whose key would sit on the spool's own volume.
+        for name, want in (("production", "azure_keyvault"), ("minimal", "ephemeral"), ("sas", "ephemeral")):
+            with self.subTest(scenario=name):
+                r = RENDERS[name]
+                c = r.one("ScaledJob")["spec"]["jobTargetRef"]["template"]["spec"]["containers"][0]
+                cfg = effective_config(r, c)
+                self.assertEqual(cfg["keys"]["provider"], want)
+        cfg = effective_config(RENDERS["production"], RENDERS["production"].one("ScaledJob")["spec"]["jobTargetRef"]["template"]["spec"]["containers"][0])
+        self.assertEqual(cfg["keys"]["vault_url"], "https://meetbot-kv.vault.azure.net")
+        self.assertEqual(cfg["keys"]["key_name"], "recording-kek")
+
     def test_stt_modes_configure_the_worker(self):
         r = RENDERS["production"]
         c = r.one("ScaledJob")["spec"]["jobTargetRef"]["template"]["spec"]["containers"][0]
