@@ -670,7 +670,7 @@ class ServeSweepSttServe(unittest.TestCase):
         # stt-serve's generated key, and only with stt.mode=sttServe.
         for name, rr in RENDERS.items():
             secrets = [o["metadata"]["name"] for o in rr.of_kind("Secret")]
-            expected = ["mb-meetbot-stt-serve-key"] if SCENARIOS[name]["stt"].get("mode") == "sttServe" else []
+            expected = ["mb-meetbot-stt-serve-key"] if SCENARIOS[name].get("stt", {}).get("mode") == "sttServe" else []
             self.assertEqual(secrets, expected, name)
 
     def test_config_has_no_secrets(self):
