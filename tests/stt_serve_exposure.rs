@@ -47,7 +47,8 @@ fn no_key_off_loopback_is_refused_with_what_to_do() {
 #[test]
 fn a_key_loopback_or_the_explicit_flag_pass_the_check() {
     let ws = Workspace::new();
-    let cases: [(&str, &[&str], &[(&str, &str)]); 3] = [
+    type Case<'a> = (&'a str, &'a [&'a str], &'a [(&'a str, &'a str)]);
+    let cases: [Case; 3] = [
         (
             "0.0.0.0:8799",
             &[],
