@@ -105,6 +105,10 @@ pub struct SttServeArgs {
     /// Listen address (default: stt_serve.listen).
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
+    /// Serve on a non-loopback address without an API key (only when something
+    /// else, e.g. a network policy, controls who can connect).
+    #[arg(long)]
+    pub insecure_no_auth: bool,
 }
 
 /// `meetbot audit …`.
@@ -369,16 +373,27 @@ pub async fn stt_serve(cfg: Config, args: SttServeArgs) -> anyhow::Result<()> {
     let addr: std::net::SocketAddr = listen
         .parse()
         .with_context(|| format!("--listen {listen:?} is not an address like 127.0.0.1:8799"))?;
+    let key = cfg.stt_serve.api_key.expose();
+    // Before the model loads: a refused start is immediate.
+    crate::stt::serve::check_exposure(addr, !key.is_empty(), args.insecure_no_auth)
+        .map_err(anyhow::Error::msg)?;
+    if key.is_empty() && !addr.ip().to_canonical().is_loopback() {
+        tracing::warn!(%addr, "stt-serve runs without an API key on a non-loopback address (--insecure-no-auth).");
+    }
     let mut engine_cfg = cfg.clone();
     engine_cfg.stt.provider = SttKind::Embedded;
     let provider = build_stt(&engine_cfg)?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
-    let key = cfg.stt_serve.api_key.expose();
+    let s = &cfg.stt_serve;
     let opts = crate::stt::serve::ServeOptions {
         api_key: (!key.is_empty()).then(|| Secret::new(key.clone())),
-        max_concurrency: cfg.stt_serve.max_concurrency,
+        max_concurrency: s.max_concurrency,
+        max_body_bytes: s.max_body_bytes,
+        header_timeout: s.header_timeout,
+        body_timeout: s.body_timeout,
+        max_connections: s.max_connections,
         ..Default::default()
     };
     info!(listen = %listener.local_addr()?, "stt-serve listening.");

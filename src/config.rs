@@ -298,10 +298,20 @@ pub struct JitterSection {
 pub struct SttServeConfig {
     /// Listen address.
     pub listen: String,
-    /// Optional bearer token required from clients.
+    /// Bearer token required from clients (required off loopback).
     pub api_key: Secret<String>,
     /// Engine concurrency.
     pub max_concurrency: usize,
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// Largest request body, bytes.
+    pub max_body_bytes: usize,
+    /// Time to receive a request's head.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// Time to receive a whole request body.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
 }
 
 /// Where transcripts are committed.
@@ -645,6 +655,23 @@ impl Config {
         }
         if self.stt_serve.max_concurrency == 0 || self.stt_serve.max_concurrency > 64 {
             return bad("stt_serve.max_concurrency", "must be between 1 and 64");
+        }
+        if !(1..=65_536).contains(&self.stt_serve.max_connections) {
+            return bad("stt_serve.max_connections", "must be between 1 and 65536");
+        }
+        if !(1024..=(1 << 30)).contains(&self.stt_serve.max_body_bytes) {
+            return bad(
+                "stt_serve.max_body_bytes",
+                "must be between 1024 and 1073741824",
+            );
+        }
+        for (key, d) in [
+            ("stt_serve.header_timeout", self.stt_serve.header_timeout),
+            ("stt_serve.body_timeout", self.stt_serve.body_timeout),
+        ] {
+            if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
+                return bad(key, "must be between 100ms and 1h");
+            }
         }
         self.validate_fleet()?;
         if !valid_log_filter(&self.log.level) {

@@ -27,6 +27,8 @@ const MAX_RESPONSE_BYTES: usize = 4 << 20;
 const MAX_QUOTED_CHARS: usize = 200;
 /// Limit on establishing the TCP/TLS connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an idle connection is kept for the next request.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Settings for [`OpenAiProvider`].
 #[derive(Clone)]
@@ -142,6 +144,10 @@ impl OpenAiProvider {
         }
         let client = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT.min(config.timeout))
+            // Servers close quiet kept-alive connections (stt-serve after its 10 s
+            // header timeout): drop idle ones sooner than that, so a request is
+            // rarely sent on a connection the server is closing.
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .timeout(config.timeout)
             .user_agent(concat!("meetbot/", env!("CARGO_PKG_VERSION")))
             .build()

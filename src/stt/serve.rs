@@ -15,25 +15,47 @@
 //! count); other containers get 415. `model`, `prompt` and `temperature` are
 //! validated and then ignored: the server runs the one engine it was given.
 //!
-//! Bounds: the request body is capped at `max_body_bytes` (413), the audio at
-//! `max_audio` (413), the upload must finish within `upload_timeout` (408),
-//! at most `max_concurrency` transcriptions run at once and further requests
-//! wait their turn (they are queued, not refused). At most
-//! `4 × max_concurrency` uploads are read into memory at once, which bounds
-//! memory under a flood. Transcript text is never logged.
+//! Exposure: [`check_exposure`] refuses a non-loopback listen address without
+//! an API key (unless the operator says `--insecure-no-auth`). With a key,
+//! `/v1/*` requires `Authorization: Bearer <key>` (compared in constant time;
+//! a 401 OpenAI-shaped error otherwise), checked before any body byte is read.
+//!
+//! Bounds, phase by phase; nothing before the engine permit can be held by a
+//! slow client:
+//! - connections: at most `max_connections` at once. At the cap the server
+//!   stops accepting; further connections wait in the kernel's accept backlog
+//!   (they are not refused) and are accepted as others close.
+//! - headers: the whole request head must arrive within `header_timeout`
+//!   (also while a kept-alive connection waits for its next request), or the
+//!   connection is closed.
+//! - body: the whole body must arrive within `body_timeout` (408), at most
+//!   `max_body_bytes` (413, refused up front when `Content-Length` says so).
+//!   Bodies being read and waiting are held in a shared budget of
+//!   `4 × max_concurrency × max_body_bytes`: a client holds only the bytes it
+//!   has sent, so a thousand slow uploads hold almost nothing. A body that
+//!   cannot get budget before its deadline gets 503 (retry later).
+//! - queue: only complete, parsed uploads queue for the engine; at most
+//!   `4 × max_concurrency` of them are decoded and waiting at once; at most
+//!   `max_concurrency` transcriptions run at once. Further complete requests
+//!   wait their turn (they are queued, not refused); the audio is capped at
+//!   `max_audio` (413).
+//!
+//! Transcript text and API keys are never logged.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::multipart::MultipartRejection;
-use axum::extract::{DefaultBodyLimit, Multipart, State};
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use futures_util::StreamExt;
 use serde_json::json;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use super::text::samples_to_ms;
 use super::wav::{decode_wav, WavError};
@@ -51,8 +73,12 @@ pub struct ServeOptions {
     pub max_body_bytes: usize,
     /// Longest audio accepted. Default 30 min.
     pub max_audio: Duration,
-    /// Time allowed to receive one request body. Default 60 s.
-    pub upload_timeout: Duration,
+    /// Time allowed to receive a request's head (request line and headers). Default 10 s.
+    pub header_timeout: Duration,
+    /// Time allowed to receive a whole request body. Default 60 s.
+    pub body_timeout: Duration,
+    /// Connections served at once; more wait in the accept backlog. Default 256 (0 is treated as 1).
+    pub max_connections: usize,
 }
 
 impl Default for ServeOptions {
@@ -62,7 +88,9 @@ impl Default for ServeOptions {
             max_concurrency: 2,
             max_body_bytes: 25 << 20,
             max_audio: Duration::from_secs(30 * 60),
-            upload_timeout: Duration::from_secs(60),
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(60),
+            max_connections: 256,
         }
     }
 }
@@ -74,9 +102,33 @@ impl std::fmt::Debug for ServeOptions {
             .field("max_concurrency", &self.max_concurrency)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("max_audio", &self.max_audio)
-            .field("upload_timeout", &self.upload_timeout)
+            .field("header_timeout", &self.header_timeout)
+            .field("body_timeout", &self.body_timeout)
+            .field("max_connections", &self.max_connections)
             .finish()
     }
+}
+
+/// Why [`check_exposure`] refuses an address.
+pub const NO_KEY_REFUSAL: &str = "refusing to listen on a non-loopback address without an API key: anyone who can reach it could use the transcription engine";
+
+/// Decides whether `stt-serve` may listen on `addr`: a loopback address always,
+/// any other only with an API key or when `insecure_no_auth` says so. The
+/// error says what to do.
+pub fn check_exposure(
+    addr: SocketAddr,
+    has_key: bool,
+    insecure_no_auth: bool,
+) -> Result<(), String> {
+    if has_key || insecure_no_auth || addr.ip().to_canonical().is_loopback() {
+        return Ok(());
+    }
+    Err(format!(
+        "{NO_KEY_REFUSAL} ({addr}). Set stt_serve.api_key (environment: MEETBOT_STT_SERVE__API_KEY) \
+         and give the clients the same key (meetbot workers: stt.api_key, MEETBOT_STT__API_KEY); \
+         or listen on a loopback address such as 127.0.0.1:8799; or, if something else controls \
+         who can connect (a network policy, an authenticating proxy), pass --insecure-no-auth."
+    ))
 }
 
 struct AppState {
@@ -84,14 +136,20 @@ struct AppState {
     api_key: Option<Secret<String>>,
     /// Permits to run the engine.
     engine: Semaphore,
-    /// Permits to hold an upload in memory.
+    /// Permits for complete uploads to be decoded and wait for the engine.
     intake: Semaphore,
+    /// Bytes of request bodies held in memory, one permit per byte.
+    body_budget: Semaphore,
+    max_body_bytes: usize,
     max_audio: Duration,
-    upload_timeout: Duration,
+    body_timeout: Duration,
 }
 
 /// Serves `provider` on `listener` until `shutdown` resolves, then stops
 /// accepting connections and waits for requests in flight to finish.
+///
+/// Each connection is served by hyper's HTTP/1 server with the header read
+/// timeout; at most `max_connections` are served at once.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     provider: Arc<dyn SttProvider>,
@@ -104,34 +162,118 @@ pub async fn serve(
             provider = provider.name(),
             model = provider.model(),
             max_concurrency = opts.max_concurrency.max(1),
-            auth = opts.api_key.is_some(),
+            max_connections = opts.max_connections.max(1),
+            auth = opts.api_key.as_ref().is_some_and(|k| !k.expose().is_empty()),
             "STT server listening."
         );
     }
-    axum::serve(listener, router(provider, opts))
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    let header_timeout = opts.header_timeout;
+    let slots = Arc::new(Semaphore::new(
+        opts.max_connections.clamp(1, Semaphore::MAX_PERMITS),
+    ));
+    let app = router(provider, opts);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut connections = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        while connections.try_join_next().is_some() {}
+        // At the cap, stop accepting: new connections wait in the backlog.
+        let slot = tokio::select! {
+            _ = &mut shutdown => break,
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+        };
+        let stream = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => stream,
+                Err(e) => {
+                    // Per-connection errors (aborted handshakes) and EMFILE:
+                    // keep serving; pause briefly so EMFILE does not spin.
+                    tracing::debug!(error = %e, "Accepting a connection failed.");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        connections.spawn(serve_connection(
+            stream,
+            app.clone(),
+            header_timeout,
+            slot,
+            stop_rx.clone(),
+        ));
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    while connections.join_next().await.is_some() {}
     tracing::info!("STT server stopped.");
     Ok(())
 }
 
+/// Serves one connection until it closes, or until shutdown lets its request
+/// in flight finish.
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    app: Router,
+    header_timeout: Duration,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let _ = stream.set_nodelay(true);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    let conn = builder.serve_connection(
+        TokioIo::new(stream),
+        hyper_util::service::TowerToHyperService::new(app),
+    );
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        _ = async { stop.wait_for(|stop| *stop).await.map(|_| ()) } => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        // Timeouts, resets and malformed requests: the client's problem.
+        tracing::debug!(error = %e, "Connection ended with an error.");
+    }
+}
+
 /// The axum application behind [`serve`], for embedding in another server.
+/// Body limits, body timeout and authentication are in the application; the
+/// header timeout and connection cap are [`serve`]'s, so an embedding server
+/// must bring its own.
 pub fn router(provider: Arc<dyn SttProvider>, opts: ServeOptions) -> Router {
     let concurrency = opts.max_concurrency.clamp(1, Semaphore::MAX_PERMITS / 4);
+    let max_body_bytes = opts.max_body_bytes.max(1);
+    let budget = max_body_bytes
+        .saturating_mul(concurrency * 4)
+        .min(Semaphore::MAX_PERMITS);
     let state = Arc::new(AppState {
         provider,
         api_key: opts.api_key.filter(|k| !k.expose().is_empty()),
         engine: Semaphore::new(concurrency),
         intake: Semaphore::new(concurrency * 4),
+        body_budget: Semaphore::new(budget),
+        max_body_bytes,
         max_audio: opts.max_audio,
-        upload_timeout: opts.upload_timeout,
+        body_timeout: opts.body_timeout,
     });
     Router::new()
         .route("/v1/audio/transcriptions", post(transcriptions))
         .route("/v1/models", get(models))
         .route("/healthz", get(healthz))
         .fallback(not_found)
-        .layer(DefaultBodyLimit::max(opts.max_body_bytes))
+        // The body is read (and capped) by `read_body`; the multipart parser
+        // then runs over bytes already in memory.
+        .layer(DefaultBodyLimit::disable())
         .with_state(state)
 }
 
@@ -199,7 +341,8 @@ impl IntoResponse for ApiError {
 
 /// Compares in time independent of where the inputs differ.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use subtle::ConstantTimeEq;
+    a.ct_eq(b).into()
 }
 
 fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
@@ -393,12 +536,8 @@ fn wav_error(e: WavError) -> ApiError {
     .with_status(status)
 }
 
-async fn transcriptions(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    form: Result<Multipart, MultipartRejection>,
-) -> Response {
-    match transcribe(&state, &headers, form).await {
+async fn transcriptions(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    match transcribe(&state, request).await {
         Ok(response) => response,
         Err(e) => {
             tracing::debug!(status = e.status.as_u16(), error = %e.message, "Transcription request refused.");
@@ -407,34 +546,108 @@ async fn transcriptions(
     }
 }
 
-async fn transcribe(
+fn too_large(max: usize) -> ApiError {
+    ApiError::invalid(
+        format!("The request body is larger than this server accepts ({max} bytes)."),
+        None,
+    )
+    .with_status(StatusCode::PAYLOAD_TOO_LARGE)
+}
+
+fn shutting_down() -> ApiError {
+    ApiError::server(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "The server is shutting down.",
+    )
+}
+
+/// Reads the whole body within `body_timeout` and `max_body_bytes`, taking
+/// budget for each chunk as it arrives (a slow client holds only what it
+/// sent). Returns the body and its budget, held until the audio is decoded.
+async fn read_body(
     state: &AppState,
-    headers: &HeaderMap,
-    form: Result<Multipart, MultipartRejection>,
-) -> Result<Response, ApiError> {
-    authorize(state, headers)?;
-    let form = form.map_err(|_| {
-        ApiError::invalid("Expected a multipart/form-data body with a boundary.", None)
-    })?;
-    // Bound how many uploads sit in memory; waiting here holds no body bytes.
-    let _intake = state.intake.acquire().await.map_err(|_| {
-        ApiError::server(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "The server is shutting down.",
+    body: Body,
+) -> Result<(bytes::Bytes, SemaphorePermit<'_>), ApiError> {
+    let deadline = tokio::time::Instant::now() + state.body_timeout;
+    let timed_out = || {
+        ApiError::invalid(
+            format!(
+                "The request body did not arrive within {:?}.",
+                state.body_timeout
+            ),
+            None,
         )
-    })?;
-    let request = tokio::time::timeout(state.upload_timeout, read_form(form))
+        .with_status(StatusCode::REQUEST_TIMEOUT)
+    };
+    let mut held = state
+        .body_budget
+        .acquire_many(0)
         .await
-        .map_err(|_| {
-            ApiError::invalid(
-                format!(
-                    "The upload did not finish within {:?}.",
-                    state.upload_timeout
-                ),
-                None,
-            )
-            .with_status(StatusCode::REQUEST_TIMEOUT)
-        })??;
+        .map_err(|_| shutting_down())?;
+    let mut data = bytes::BytesMut::new();
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = tokio::time::timeout_at(deadline, stream.next())
+        .await
+        .map_err(|_| timed_out())?
+    {
+        let chunk =
+            chunk.map_err(|_| ApiError::invalid("The request body could not be read.", None))?;
+        if data.len() + chunk.len() > state.max_body_bytes {
+            return Err(too_large(state.max_body_bytes));
+        }
+        // chunk.len() <= max_body_bytes <= the budget, which fits in u32 for
+        // any sane cap; a larger chunk is refused rather than truncated.
+        let want = u32::try_from(chunk.len()).map_err(|_| too_large(state.max_body_bytes))?;
+        let permit = tokio::time::timeout_at(deadline, state.body_budget.acquire_many(want))
+            .await
+            .map_err(|_| {
+                ApiError::server(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "The server is busy receiving other uploads; retry later.",
+                )
+            })?
+            .map_err(|_| shutting_down())?;
+        held.merge(permit);
+        data.extend_from_slice(&chunk);
+    }
+    Ok((data.freeze(), held))
+}
+
+fn is_multipart(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("multipart/form-data")
+        })
+}
+
+async fn transcribe(state: &AppState, request: Request) -> Result<Response, ApiError> {
+    let (parts, body) = request.into_parts();
+    // Nothing of the body is read before the key and the framing are checked.
+    authorize(state, &parts.headers)?;
+    let not_multipart =
+        || ApiError::invalid("Expected a multipart/form-data body with a boundary.", None);
+    if !is_multipart(&parts.headers) {
+        return Err(not_multipart());
+    }
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > state.max_body_bytes as u64) {
+        return Err(too_large(state.max_body_bytes));
+    }
+    let (body, budget) = read_body(state, body).await?;
+    let form = Multipart::from_request(Request::from_parts(parts, Body::from(body)), &())
+        .await
+        .map_err(|_| not_multipart())?;
+    let request = read_form(form).await?;
+    // Only complete uploads queue for the engine.
+    let _intake = state.intake.acquire().await.map_err(|_| shutting_down())?;
     let started = Instant::now();
     let max_audio = state.max_audio;
     let file = request.file;
@@ -447,17 +660,13 @@ async fn transcribe(
             )
         })?
         .map_err(wav_error)?;
+    drop(budget);
     let audio_ms = samples_to_ms(samples.len());
     let segments = if samples.is_empty() {
         Vec::new()
     } else {
         // Queue for the engine rather than refuse.
-        let _engine = state.engine.acquire().await.map_err(|_| {
-            ApiError::server(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "The server is shutting down.",
-            )
-        })?;
+        let _engine = state.engine.acquire().await.map_err(|_| shutting_down())?;
         state
             .provider
             .transcribe(Arc::from(samples))
@@ -584,6 +793,8 @@ mod tests {
     use async_trait::async_trait;
     use reqwest::multipart::{Form, Part};
     use serde_json::Value;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
 
     use super::*;
     use crate::stt::openai::{OpenAiConfig, OpenAiProvider};
@@ -1036,6 +1247,453 @@ mod tests {
             "{err}"
         );
         assert_eq!(fake.calls.load(Ordering::SeqCst), calls);
+    }
+
+    /// What a raw client got: the server's bytes until it closed, or `None`
+    /// if the connection was still open after `wait`.
+    async fn read_until_closed(stream: &mut TcpStream, wait: Duration) -> Option<Vec<u8>> {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+                Err(_) => return None,
+                Ok(Ok(0)) | Ok(Err(_)) => return Some(got),
+                Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    }
+
+    fn addr_of(base: &str) -> SocketAddr {
+        base.trim_start_matches("http://")
+            .trim_end_matches("/v1")
+            .parse()
+            .unwrap()
+    }
+
+    /// The status code and JSON error of a raw HTTP/1.1 response.
+    fn raw_error(response: &[u8]) -> (u16, Value) {
+        let text = String::from_utf8_lossy(response);
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+        let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+        (status, v["error"].clone())
+    }
+
+    const MULTIPART: &str = "multipart/form-data; boundary=XyZ";
+
+    /// A request head for a transcription upload of `length` bytes.
+    fn upload_head(key: Option<&str>, length: Option<usize>) -> String {
+        let mut head = format!(
+            "POST /v1/audio/transcriptions HTTP/1.1\r\nHost: stt\r\nContent-Type: {MULTIPART}\r\n"
+        );
+        if let Some(k) = key {
+            head.push_str(&format!("Authorization: Bearer {k}\r\n"));
+        }
+        match length {
+            Some(n) => head.push_str(&format!("Content-Length: {n}\r\n")),
+            None => head.push_str("Transfer-Encoding: chunked\r\n"),
+        }
+        head.push_str("\r\n");
+        head
+    }
+
+    /// A client that sends `first` at once, then one byte of `trickle` per
+    /// `every` until stopped. Counts itself in `closed` if the server answers
+    /// or closes the connection before that.
+    async fn slow_client(
+        addr: SocketAddr,
+        first: Vec<u8>,
+        trickle: Vec<u8>,
+        every: Duration,
+        started: Arc<AtomicUsize>,
+        closed: Arc<AtomicUsize>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(&first).await.unwrap();
+        let mut bytes = trickle.into_iter();
+        let mut buf = [0u8; 512];
+        let mut counted = false;
+        loop {
+            tokio::select! {
+                _ = async { stop.wait_for(|s| *s).await.map(|_| ()) } => return,
+                _ = stream.read(&mut buf) => {
+                    closed.fetch_add(1, Ordering::SeqCst);
+                    return;
+                }
+                _ = tokio::time::sleep(every) => {
+                    let Some(b) = bytes.next() else { continue };
+                    if stream.write_all(&[b]).await.is_err() {
+                        closed.fetch_add(1, Ordering::SeqCst);
+                        return;
+                    }
+                    if !counted {
+                        counted = true;
+                        started.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn slow_clients_never_hold_what_a_normal_request_needs() {
+        let mut fake = Fake::new();
+        fake.delay = Duration::from_millis(100);
+        let fake = Arc::new(fake);
+        // Timeouts far beyond the test: the slow clients stay connected
+        // throughout unless something else ends them.
+        let opts = ServeOptions {
+            api_key: Some(Secret::new("sk-slow".into())),
+            max_concurrency: 1,
+            header_timeout: Duration::from_secs(45),
+            body_timeout: Duration::from_secs(45),
+            ..ServeOptions::default()
+        };
+        let s = start(fake.clone(), opts).await;
+        let addr = addr_of(&s.base);
+        let started = Arc::new(AtomicUsize::new(0));
+        let closed = Arc::new(AtomicUsize::new(0));
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let mut slow = Vec::new();
+        for i in 0..50 {
+            let (first, trickle) = if i % 2 == 0 {
+                // Headers at one byte a second: a long head that never ends.
+                let head = upload_head(Some("sk-slow"), Some(1000));
+                let mut trickle = head.into_bytes();
+                trickle.truncate(trickle.len() - 4);
+                trickle.extend(std::iter::repeat_n(b'a', 1000));
+                (Vec::new(), trickle)
+            } else {
+                // Complete, authorized head; the body at one byte a second.
+                let head = upload_head(Some("sk-slow"), Some(1_000_000));
+                let body = format!(
+                    "--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n\r\n{}",
+                    "a".repeat(1000)
+                );
+                (head.into_bytes(), body.into_bytes())
+            };
+            slow.push(tokio::spawn(slow_client(
+                addr,
+                first,
+                trickle,
+                Duration::from_secs(1),
+                started.clone(),
+                closed.clone(),
+                stopped.clone(),
+            )));
+        }
+        // Every slow client is connected and sending, and has had time to
+        // get as far into the server as it ever will.
+        while started.load(Ordering::SeqCst) < 50 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+
+        let r = post(&s.base, form(two_seconds(), &[]), Some("sk-slow")).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            r.json::<Value>().await.unwrap(),
+            json!({"text": "Hello there. General Kenobi."})
+        );
+        // The normal request was served while all 50 were still connected,
+        // and only it reached the engine.
+        assert_eq!(
+            closed.load(Ordering::SeqCst),
+            0,
+            "slow clients were cut off"
+        );
+        assert_eq!(fake.calls.load(Ordering::SeqCst), 1);
+        stop.send(true).unwrap();
+        for t in slow {
+            t.await.unwrap();
+        }
+        assert_eq!(fake.calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn header_timeout_closes_idle_partial_and_trickling_heads() {
+        let fake = Arc::new(Fake::new());
+        let opts = ServeOptions {
+            header_timeout: Duration::from_millis(300),
+            ..ServeOptions::default()
+        };
+        let s = start(fake.clone(), opts).await;
+        let addr = addr_of(&s.base);
+        // Connected, sends nothing.
+        let mut idle = TcpStream::connect(addr).await.unwrap();
+        // Half a head, then nothing.
+        let mut partial = TcpStream::connect(addr).await.unwrap();
+        partial
+            .write_all(b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: stt\r\n")
+            .await
+            .unwrap();
+        for stream in [&mut idle, &mut partial] {
+            assert!(
+                read_until_closed(stream, Duration::from_secs(10))
+                    .await
+                    .is_some(),
+                "the server kept a connection whose head never arrived"
+            );
+        }
+        // A head trickled a byte every 50 ms (and never finished): each byte
+        // does not restart the clock.
+        let mut trickling = TcpStream::connect(addr).await.unwrap();
+        let head = b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: stt\r\nX-Pad: ";
+        let mut closed = false;
+        for b in head
+            .iter()
+            .copied()
+            .chain(std::iter::repeat(b'x'))
+            .take(200)
+        {
+            if trickling.write_all(&[b]).await.is_err() {
+                closed = true;
+                break;
+            }
+            let mut buf = [0u8; 64];
+            if let Ok(r) =
+                tokio::time::timeout(Duration::from_millis(50), trickling.read(&mut buf)).await
+            {
+                assert!(
+                    !matches!(r, Ok(n) if n > 0),
+                    "the server answered an unfinished head"
+                );
+                closed = true;
+                break;
+            }
+        }
+        assert!(closed, "a head trickled over 10 s was still being read");
+        assert_eq!(fake.calls.load(Ordering::SeqCst), 0);
+        // A kept-alive connection that goes quiet after a request is closed too.
+        let mut kept = TcpStream::connect(addr).await.unwrap();
+        kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: stt\r\n\r\n")
+            .await
+            .unwrap();
+        let got = read_until_closed(&mut kept, Duration::from_secs(10)).await;
+        let got = got.expect("an idle kept-alive connection was kept");
+        assert!(got.starts_with(b"HTTP/1.1 200"), "{got:?}");
+    }
+
+    #[tokio::test]
+    async fn body_limits_are_enforced_before_the_body_is_read() {
+        let fake = Arc::new(Fake::new());
+        let opts = ServeOptions {
+            max_body_bytes: 100_000,
+            body_timeout: Duration::from_millis(500),
+            ..ServeOptions::default()
+        };
+        let s = start(fake.clone(), opts).await;
+        let addr = addr_of(&s.base);
+        // A declared length over the cap: 413 at once, no body sent.
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(upload_head(None, Some(1 << 30)).as_bytes())
+            .await
+            .unwrap();
+        let got = read_until_closed(&mut c, Duration::from_secs(10))
+            .await
+            .expect("no answer to an oversized Content-Length");
+        let (status, err) = raw_error(&got);
+        assert_eq!(status, 413, "{}", String::from_utf8_lossy(&got));
+        assert_eq!(err["type"], "invalid_request_error");
+        assert!(
+            err["message"].as_str().unwrap().contains("100000 bytes"),
+            "{err}"
+        );
+        // Chunked, no length: cut off at the cap. (The last chunk ends
+        // without its CRLF so that the server has read every byte sent and
+        // closes without a reset.)
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        let body = format!(
+            "{}{:x}\r\n{}\r\n14\r\n{}",
+            upload_head(None, None),
+            99_990,
+            "a".repeat(99_990),
+            "b".repeat(20)
+        );
+        c.write_all(body.as_bytes()).await.unwrap();
+        let got = read_until_closed(&mut c, Duration::from_secs(10))
+            .await
+            .expect("no answer to an oversized chunked body");
+        assert_eq!(raw_error(&got).0, 413, "{}", String::from_utf8_lossy(&got));
+        // Part of a body, then nothing: 408 when the body deadline passes.
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(format!("{}--XyZ\r\n", upload_head(None, Some(1000))).as_bytes())
+            .await
+            .unwrap();
+        let got = read_until_closed(&mut c, Duration::from_secs(10))
+            .await
+            .expect("an unfinished body got no answer");
+        let (status, err) = raw_error(&got);
+        assert_eq!(status, 408, "{}", String::from_utf8_lossy(&got));
+        assert!(
+            err["message"].as_str().unwrap().contains("did not arrive"),
+            "{err}"
+        );
+        // A body trickled a byte every 50 ms: the whole body has one deadline,
+        // each byte does not extend it (the answer may be lost to a reset,
+        // as the server stops reading).
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(upload_head(None, Some(1000)).as_bytes())
+            .await
+            .unwrap();
+        let mut ended = false;
+        for _ in 0..200 {
+            if c.write_all(b"a").await.is_err() {
+                ended = true;
+                break;
+            }
+            let mut buf = [0u8; 4096];
+            if let Ok(r) = tokio::time::timeout(Duration::from_millis(50), c.read(&mut buf)).await {
+                if let Ok(n) = r {
+                    assert!(n == 0 || raw_error(&buf[..n]).0 == 408, "{:?}", &buf[..n]);
+                }
+                ended = true;
+                break;
+            }
+        }
+        assert!(ended, "a body trickled over 10 s was still being read");
+        assert_eq!(fake.calls.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_wrong_key_is_refused_before_the_body_is_read() {
+        let opts = ServeOptions {
+            api_key: Some(Secret::new("sk-right".into())),
+            ..ServeOptions::default()
+        };
+        let fake = Arc::new(Fake::new());
+        let s = start(fake.clone(), opts).await;
+        for key in [None, Some("sk-wrong"), Some("sk-righ"), Some("sk-right2")] {
+            let mut c = TcpStream::connect(addr_of(&s.base)).await.unwrap();
+            c.write_all(upload_head(key, Some(10_000_000)).as_bytes())
+                .await
+                .unwrap();
+            let got = read_until_closed(&mut c, Duration::from_secs(10))
+                .await
+                .expect("no answer without the body");
+            let (status, err) = raw_error(&got);
+            assert_eq!(status, 401, "{}", String::from_utf8_lossy(&got));
+            assert_eq!(err["code"], "invalid_api_key");
+        }
+        assert_eq!(fake.calls.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn connections_beyond_the_cap_wait_for_a_free_slot() {
+        let opts = ServeOptions {
+            max_connections: 2,
+            header_timeout: Duration::from_secs(60),
+            ..ServeOptions::default()
+        };
+        let fake = Arc::new(Fake::new());
+        let s = start(fake.clone(), opts).await;
+        let addr = addr_of(&s.base);
+        // Two kept-alive connections, proven served, then quiet.
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let mut c = TcpStream::connect(addr).await.unwrap();
+            c.write_all(b"GET /healthz HTTP/1.1\r\nHost: stt\r\n\r\n")
+                .await
+                .unwrap();
+            let mut buf = [0u8; 256];
+            let n = c.read(&mut buf).await.unwrap();
+            assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+            held.push(c);
+        }
+        let base = s.base.clone();
+        let third = tokio::spawn(async move { post(&base, form(two_seconds(), &[]), None).await });
+        // It cannot be served while both slots are taken.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!third.is_finished(), "a third connection was served");
+        assert_eq!(fake.calls.load(Ordering::SeqCst), 0);
+        drop(held.pop());
+        let r = tokio::time::timeout(Duration::from_secs(10), third)
+            .await
+            .expect("the waiting connection was never served")
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+
+    #[test]
+    fn exposure_needs_a_key_off_loopback() {
+        let ok = |a: &str, key, insecure| check_exposure(a.parse().unwrap(), key, insecure);
+        for a in [
+            "127.0.0.1:8799",
+            "127.1.2.3:1",
+            "[::1]:8799",
+            "[::ffff:127.0.0.1]:1",
+        ] {
+            assert_eq!(ok(a, false, false), Ok(()), "{a}");
+        }
+        for a in [
+            "0.0.0.0:8799",
+            "[::]:8799",
+            "10.0.0.5:8799",
+            "192.168.1.2:1",
+        ] {
+            let err = ok(a, false, false).unwrap_err();
+            assert!(err.starts_with(NO_KEY_REFUSAL), "{err}");
+            for hint in [
+                "stt_serve.api_key",
+                "MEETBOT_STT_SERVE__API_KEY",
+                "MEETBOT_STT__API_KEY",
+                "127.0.0.1",
+                "--insecure-no-auth",
+            ] {
+                assert!(err.contains(hint), "{a}: {err} lacks {hint}");
+            }
+            assert_eq!(ok(a, true, false), Ok(()), "{a} with a key");
+            assert_eq!(ok(a, false, true), Ok(()), "{a} with --insecure-no-auth");
+        }
+    }
+
+    /// A `tracing` writer into a shared buffer.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("test mutex").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn keys_are_never_logged() {
+        let logs = Captured::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let opts = ServeOptions {
+            api_key: Some(Secret::new("sk-never-logged".into())),
+            ..ServeOptions::default()
+        };
+        let s = start(Arc::new(Fake::new()), opts).await;
+        for key in [Some("sk-never-logged"), Some("sk-wrong-guess"), None] {
+            let _ = post(&s.base, form(two_seconds(), &[]), key).await;
+        }
+        let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).to_string();
+        assert!(
+            text.contains("STT server listening"),
+            "nothing captured: {text}"
+        );
+        assert!(text.contains("Transcription request refused"), "{text}");
+        for secret in ["sk-never-logged", "sk-wrong-guess", "General Kenobi"] {
+            assert!(!text.contains(secret), "{secret} logged:\n{text}");
+        }
     }
 
     #[test]

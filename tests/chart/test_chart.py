@@ -122,9 +122,9 @@ def image_env() -> dict:
     return env
 
 
-def effective_config(render: Render, container: dict) -> dict:
-    """The settings the container would run with, as the meetbot binary computes them
-    from the rendered ConfigMap and the container's environment (secrets stubbed)."""
+def run_meetbot(render: Render, container: dict, args: list[str], without: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """Runs the meetbot binary with the rendered ConfigMap and the container's environment
+    (secrets stubbed; the variables named in `without` left out)."""
     binary = os.environ.get("MEETBOT_BIN")
     if not binary:
         raise AssertionError("set MEETBOT_BIN to the meetbot binary (tests/helm_chart.rs does)")
@@ -133,6 +133,8 @@ def effective_config(render: Render, container: dict) -> dict:
         cfg.write_text(render.config_toml())
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **image_env()}
         for e in container.get("env", []):
+            if e["name"] in without:
+                continue
             if e["name"] == "MEETBOT_CONFIG":
                 env[e["name"]] = str(cfg)  # the mounted ConfigMap
             elif "value" in e:
@@ -140,14 +142,18 @@ def effective_config(render: Render, container: dict) -> dict:
             else:
                 env[e["name"]] = "stub-secret-value"
         assert "MEETBOT_CONFIG" in env, f"{container['name']}: no MEETBOT_CONFIG"
-        out = subprocess.run(
-            [binary, "config"], env=env, capture_output=True, text=True, timeout=30
-        )
-        assert out.returncode == 0, f"meetbot rejects the chart's configuration: {out.stderr}"
-        assert "stub-secret-value" not in out.stdout
-        import tomllib
+        return subprocess.run([binary, *args], env=env, capture_output=True, text=True, timeout=60)
 
-        return tomllib.loads(out.stdout)
+
+def effective_config(render: Render, container: dict) -> dict:
+    """The settings the container would run with, as the meetbot binary computes them
+    from the rendered ConfigMap and the container's environment (secrets stubbed)."""
+    out = run_meetbot(render, container, ["config"])
+    assert out.returncode == 0, f"meetbot rejects the chart's configuration: {out.stderr}"
+    assert "stub-secret-value" not in out.stdout
+    import tomllib
+
+    return tomllib.loads(out.stdout)
 
 
 def seconds(duration: str) -> float:
@@ -673,15 +679,144 @@ class ServeSweepSttServe(unittest.TestCase):
         vol = next(v for v in tpl["spec"]["volumes"] if v["name"] == "secrets")
         self.assertEqual(vol["csi"]["driver"], "secrets-store.csi.k8s.io")
         self.assertEqual(vol["csi"]["volumeAttributes"]["secretProviderClass"], r.one("SecretProviderClass", "worker")["metadata"]["name"])
-        # No Secret objects are rendered by the chart: secrets never pass through values.
-        for rr in RENDERS.values():
-            self.assertEqual(rr.of_kind("Secret"), [])
+        # Secrets never pass through values: the one Secret the chart renders is the shared
+        # stt-serve's generated key, and only with stt.mode=sttServe.
+        for name, rr in RENDERS.items():
+            secrets = [o["metadata"]["name"] for o in rr.of_kind("Secret")]
+            expected = ["mb-meetbot-stt-serve-key"] if SCENARIOS[name].get("stt", {}).get("mode") == "sttServe" else []
+            self.assertEqual(secrets, expected, name)
 
     def test_config_has_no_secrets(self):
         for name, r in RENDERS.items():
             text = r.config_toml()
             for key in ("api_key", "storage_sas", "sig="):
                 self.assertNotIn(key, text, name)
+
+
+class FakeKubeApi:
+    """A Kubernetes API server on loopback that knows Secrets, for Helm's `lookup`."""
+
+    def __init__(self, secrets: dict[str, dict]):
+        import http.server
+        import json
+        import threading
+
+        fake = self
+        self.secrets = secrets
+        self.requests: list[str] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def answer(self, code: int, obj: dict):
+                body = json.dumps(obj).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                path = self.path.split("?")[0]
+                fake.requests.append(path)
+                if path == "/api/v1":
+                    return self.answer(200, {"kind": "APIResourceList", "groupVersion": "v1", "resources": [
+                        {"name": "secrets", "singularName": "secret", "namespaced": True, "kind": "Secret", "verbs": ["get"]}]})
+                prefix = "/api/v1/namespaces/meetbot/secrets/"
+                if path.startswith(prefix) and path[len(prefix):] in fake.secrets:
+                    return self.answer(200, fake.secrets[path[len(prefix):]])
+                return self.answer(404, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404})
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def secret_value(secret: dict, key: str) -> str:
+    import base64
+
+    return base64.b64decode(secret["data"][key]).decode()
+
+
+class SttServeKey(unittest.TestCase):
+    def containers(self, r: Render) -> tuple[dict, dict]:
+        worker = r.one("ScaledJob")["spec"]["jobTargetRef"]["template"]["spec"]["containers"][0]
+        stt = r.one("Deployment", "stt-serve")["spec"]["template"]["spec"]["containers"][0]
+        return worker, stt
+
+    def test_a_generated_key_guards_stt_serve_and_workers_send_it(self):
+        r = RENDERS["production"]
+        secret = r.one("Secret", "stt-serve")
+        name = secret["metadata"]["name"]
+        key = secret_value(secret, "api-key")
+        self.assertRegex(key, r"^[A-Za-z0-9]{48}$")
+        worker, stt = self.containers(r)
+        ref = {"name": name, "key": "api-key"}
+        stt_env = {e["name"]: e for e in stt["env"]}
+        worker_env = {e["name"]: e for e in worker["env"]}
+        # Required (not optional) on both sides: no pod runs without it.
+        self.assertEqual(stt_env["MEETBOT_STT_SERVE__API_KEY"]["valueFrom"]["secretKeyRef"], ref)
+        self.assertEqual(worker_env["MEETBOT_STT__API_KEY"]["valueFrom"]["secretKeyRef"], ref)
+        # meetbot reads them as the server's key and the worker's STT key.
+        self.assertEqual(effective_config(r, stt)["stt_serve"]["api_key"], "<redacted>")
+        self.assertEqual(effective_config(r, worker)["stt"]["api_key"], "<redacted>")
+        self.assertNotIn(key, r.config_toml())
+        # Another install gets another key.
+        self.assertNotEqual(secret_value(Render(PRODUCTION).one("Secret", "stt-serve"), "api-key"), key)
+
+    def test_stt_serve_on_the_pod_network_starts_only_with_its_key(self):
+        r = RENDERS["production"]
+        _, stt = self.containers(r)
+        self.assertEqual(stt["args"], ["stt-serve"])
+        # Without the key, the binary refuses the chart's 0.0.0.0 listen address up front.
+        out = run_meetbot(r, stt, stt["args"], without=("MEETBOT_STT_SERVE__API_KEY",))
+        self.assertNotEqual(out.returncode, 0)
+        self.assertIn("refusing to listen on a non-loopback address without an API key", out.stderr)
+        # With it, it gets past that check (and stops at the model, absent on this machine,
+        # before it binds anything).
+        out = run_meetbot(r, stt, stt["args"])
+        self.assertNotEqual(out.returncode, 0)
+        self.assertNotIn("refusing", out.stderr)
+        self.assertIn("embedded STT", out.stderr)
+        self.assertNotIn("stub-secret-value", out.stderr)
+
+    def test_the_key_is_kept_across_upgrades(self):
+        import base64
+
+        kept = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "mb-meetbot-stt-serve-key", "namespace": "meetbot"},
+                "data": {"api-key": base64.b64encode(b"the-key-of-the-first-install").decode()}}
+        for existing, upgrade in (({"mb-meetbot-stt-serve-key": kept}, True), ({}, False)):
+            api = FakeKubeApi(existing)
+            try:
+                cfg = helm.Config(kube_apiserver=api.url, namespace="meetbot")
+                with helm.Chart.load(CHART) as chart:
+                    manifests = cfg.render(chart, PRODUCTION, name="mb", namespace="meetbot", is_upgrade=upgrade, is_install=not upgrade)
+            finally:
+                api.close()
+            self.assertIn("/api/v1/namespaces/meetbot/secrets/mb-meetbot-stt-serve-key", api.requests)
+            [secret] = [d for path, text in manifests.items() if not path.endswith("NOTES.txt")
+                        for d in yaml.safe_load_all(text) if d and d["kind"] == "Secret"]
+            value = secret_value(secret, "api-key")
+            if upgrade:
+                self.assertEqual(value, "the-key-of-the-first-install")
+            else:
+                self.assertRegex(value, r"^[A-Za-z0-9]{48}$")
+
+    def test_an_existing_secret_is_used_as_is(self):
+        r = Render(merged(PRODUCTION, {"sttServe": {"apiKeySecret": "my-stt-key", "apiKeySecretKey": "token"}}))
+        self.assertEqual(r.of_kind("Secret"), [])
+        worker, stt = self.containers(r)
+        ref = {"name": "my-stt-key", "key": "token"}
+        self.assertEqual({e["name"]: e for e in stt["env"]}["MEETBOT_STT_SERVE__API_KEY"]["valueFrom"]["secretKeyRef"], ref)
+        self.assertEqual({e["name"]: e for e in worker["env"]}["MEETBOT_STT__API_KEY"]["valueFrom"]["secretKeyRef"], ref)
+        with helm.Chart.load(CHART) as chart:
+            with self.assertRaises(helm.HelmValuesError):
+                chart.validate_schema(merged(PRODUCTION, {"sttServe": {"apiKeySecretKey": "bad key/"}}))
 
 
 class NetworkPolicyTests(unittest.TestCase):

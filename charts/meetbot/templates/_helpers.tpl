@@ -230,6 +230,14 @@ imagePullSecrets:
       name: {{ required "azure.sasSecret is required when azure.auth is sas" .Values.azure.sasSecret }}
       key: storage-sas
 {{- end }}
+{{- if eq .Values.stt.mode "sttServe" }}
+# The shared stt-serve's key: workers send it as their STT API key.
+- name: MEETBOT_STT__API_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "meetbot.sttServeKeySecret" . }}
+      key: {{ .Values.sttServe.apiKeySecretKey }}
+{{- end }}
 {{- if and (eq .Values.stt.mode "openai") (include "meetbot.sttKeySecret" .) }}
 - name: MEETBOT_STT__API_KEY
   valueFrom:
@@ -239,6 +247,11 @@ imagePullSecrets:
       # A self-hosted OpenAI-compatible server may need no key.
       optional: true
 {{- end }}
+{{- end -}}
+
+{{/* The Secret holding the shared stt-serve's API key: the user's, or the one the chart generates. */}}
+{{- define "meetbot.sttServeKeySecret" -}}
+{{- default (include "meetbot.componentName" (dict "root" . "component" "stt-serve-key")) .Values.sttServe.apiKeySecret -}}
 {{- end -}}
 
 {{/* The Secret holding the STT API key, if there is one. */}}
