@@ -1155,6 +1155,26 @@ mod tests {
                 "recording.max_age",
             ),
             (None, &[("MEETBOT_LOG__LEVEL", "verbose")], "log.level"),
+            (
+                Some("[serve]\nlisten = \"0.0.0.0:8080\"\nmetrics_listen = \"0.0.0.0:8080\"\n"),
+                &[],
+                "serve.metrics_listen",
+            ),
+            (
+                None,
+                &[("MEETBOT_SERVE__METRICS_LISTEN", "metrics")],
+                "serve.metrics_listen",
+            ),
+            (
+                None,
+                &[("MEETBOT_SERVE__IDEMPOTENCY_WINDOW", "0s")],
+                "serve.idempotency_window",
+            ),
+            (
+                None,
+                &[("MEETBOT_SERVE__IDEMPOTENCY_WINDOW", "60days")],
+                "serve.idempotency_window",
+            ),
         ];
         for (file, env, key) in cases {
             let err = load(*file, env).unwrap_err().to_string();
