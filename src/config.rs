@@ -417,8 +417,14 @@ pub struct TenantsSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServeSection {
-    /// Listen address.
+    /// Listen address of the API (`/v1/*`, `/healthz`, `/readyz`).
     pub listen: String,
+    /// Listen address of `/metrics` ("" = off). A separate listener so that
+    /// what the metrics name (tenant ids) never reaches the API's clients.
+    pub metrics_listen: String,
+    /// How long an `Idempotency-Key` of `POST /v1/bots` is remembered.
+    #[serde(with = "humantime_serde")]
+    pub idempotency_window: Duration,
     /// Largest request body, bytes.
     pub max_body_bytes: usize,
     /// Bots listed per `GET /v1/bots` page at most.
@@ -747,6 +753,28 @@ impl Config {
         }
         if self.serve.listen.parse::<std::net::SocketAddr>().is_err() {
             return bad("serve.listen", "must be an address like 0.0.0.0:8080");
+        }
+        if !self.serve.metrics_listen.is_empty() {
+            match self.serve.metrics_listen.parse::<std::net::SocketAddr>() {
+                Err(_) => {
+                    return bad(
+                        "serve.metrics_listen",
+                        "must be an address like 127.0.0.1:9091, or \"\" for none",
+                    )
+                }
+                Ok(m) if self.serve.listen.parse::<std::net::SocketAddr>().ok() == Some(m) => {
+                    return bad(
+                        "serve.metrics_listen",
+                        "must differ from serve.listen (metrics are never served on the API port)",
+                    )
+                }
+                Ok(_) => {}
+            }
+        }
+        if self.serve.idempotency_window < Duration::from_secs(1)
+            || self.serve.idempotency_window > Duration::from_secs(30 * 86400)
+        {
+            return bad("serve.idempotency_window", "must be between 1s and 30days");
         }
         if !(1024..=1024 * 1024).contains(&self.serve.max_body_bytes) {
             return bad("serve.max_body_bytes", "must be between 1024 and 1048576");
@@ -1164,6 +1192,26 @@ mod tests {
                 "recording.max_age",
             ),
             (None, &[("MEETBOT_LOG__LEVEL", "verbose")], "log.level"),
+            (
+                Some("[serve]\nlisten = \"0.0.0.0:8080\"\nmetrics_listen = \"0.0.0.0:8080\"\n"),
+                &[],
+                "serve.metrics_listen",
+            ),
+            (
+                None,
+                &[("MEETBOT_SERVE__METRICS_LISTEN", "metrics")],
+                "serve.metrics_listen",
+            ),
+            (
+                None,
+                &[("MEETBOT_SERVE__IDEMPOTENCY_WINDOW", "0s")],
+                "serve.idempotency_window",
+            ),
+            (
+                None,
+                &[("MEETBOT_SERVE__IDEMPOTENCY_WINDOW", "60days")],
+                "serve.idempotency_window",
+            ),
         ];
         for (file, env, key) in cases {
             let err = load(*file, env).unwrap_err().to_string();

@@ -31,7 +31,10 @@
 //! - `webhook-id` is fixed when the event is created and is the same on every attempt and after
 //!   a redelivery from the outbox; `webhook-timestamp` is the attempt's time.
 //! - Bodies, URLs and secrets never reach logs: bodies and URLs travel as [`Pii`], secrets as
-//!   [`Secret`] (zeroized on drop). Logs name the message id, the attempt and the outcome.
+//!   [`Secret`] (zeroized on drop). Logs name the message id, the endpoint by its
+//!   signing-secret reference (`tenant/name`), the attempt and the outcome; no log line (at any
+//!   level) and no `Debug` of [`Outcome`], [`GiveUp`] or [`ReportResult`] prints a webhook's
+//!   host or address (a refusal shows its error code only).
 //! - A webhook never stalls a bot: enqueueing is a channel send; the slow part runs elsewhere.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -354,8 +357,9 @@ fn unix_secs(t: SystemTime) -> i64 {
         .unwrap_or(0)
 }
 
-/// What one attempt came to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What one attempt came to. `Debug` prints no host or address (a refusal
+/// shows its error code only), so the type is safe in any log line.
+#[derive(Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// The receiver answered (redirects are not followed: a 3xx is an answer).
     Status {
@@ -374,6 +378,22 @@ pub enum Outcome {
     Refused(UrlError),
 }
 
+impl fmt::Debug for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Status { code, retry_after } => f
+                .debug_struct("Status")
+                .field("code", code)
+                .field("retry_after", retry_after)
+                .finish(),
+            Outcome::Timeout => f.write_str("Timeout"),
+            Outcome::Connect => f.write_str("Connect"),
+            Outcome::Failed(what) => f.debug_tuple("Failed").field(what).finish(),
+            Outcome::Refused(e) => f.debug_tuple("Refused").field(&e.code()).finish(),
+        }
+    }
+}
+
 impl Outcome {
     /// A short label for logs (no URL, no personal data).
     pub fn label(&self) -> String {
@@ -387,13 +407,30 @@ impl Outcome {
     }
 }
 
-/// Why a message was abandoned.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why a message was abandoned. `Debug` prints a refusal's error code only
+/// (never the host or address the [`UrlError`] names).
+#[derive(Clone, PartialEq, Eq)]
 pub enum GiveUp {
     /// Every attempt of the schedule failed.
     Exhausted,
     /// The URL is refused for good (syntax, scheme, host name).
     Rejected(UrlError),
+}
+
+impl fmt::Debug for GiveUp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.label())
+    }
+}
+
+impl GiveUp {
+    /// A short label for logs (no URL, host or address).
+    pub fn label(&self) -> String {
+        match self {
+            GiveUp::Exhausted => "exhausted".into(),
+            GiveUp::Rejected(e) => format!("refused ({})", e.code()),
+        }
+    }
 }
 
 /// What to do after an attempt.
@@ -649,6 +686,17 @@ pub enum ReportResult {
     GaveUp(GiveUp),
 }
 
+impl ReportResult {
+    /// A short label for logs (no URL, host or address).
+    pub fn label(&self) -> String {
+        match self {
+            ReportResult::Delivered => "delivered".into(),
+            ReportResult::Gone => "gone (410)".into(),
+            ReportResult::GaveUp(g) => format!("gave up: {}", g.label()),
+        }
+    }
+}
+
 /// The dispatcher has stopped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("the webhook dispatcher has stopped")]
@@ -832,7 +880,7 @@ impl Task {
             head.attempts_here += 1;
             let sender = self.sender.clone();
             let delivery = head.delivery.clone();
-            debug!(id = %delivery.pending.id, attempt = delivery.pending.attempt, "Webhook attempt.");
+            debug!(id = %delivery.pending.id, webhook = %delivery.pending.secret_ref, attempt = delivery.pending.attempt, "Webhook attempt.");
             let handle = attempts.spawn(async move { sender.attempt(&delivery).await });
             started.push((handle.id(), stream.clone()));
         }
@@ -864,15 +912,18 @@ impl Task {
             .schedule
             .decide(attempt, &outcome, rand::random::<f64>());
         let id = head.delivery.pending.id.clone();
+        // The endpoint is named by its signing-secret reference (tenant/name),
+        // never by URL, host or address.
+        let webhook = head.delivery.pending.secret_ref.clone();
         match decision {
             Decision::Delivered => {
-                debug!(%id, attempt, "Webhook delivered.");
+                debug!(%id, %webhook, attempt, "Webhook delivered.");
                 if let Some(e) = queue.pop_front() {
                     report(&self.reports, &e, ReportResult::Delivered, attempt);
                 }
             }
             Decision::Gone => {
-                warn!(%id, attempt, "Webhook endpoint answered 410 Gone; it is disabled.");
+                warn!(%id, %webhook, attempt, "Webhook endpoint answered 410 Gone; it is disabled.");
                 if let Some(e) = queue.pop_front() {
                     self.disabled
                         .insert(e.delivery.pending.url.expose().clone());
@@ -883,13 +934,13 @@ impl Task {
                 attempt: next,
                 after,
             } => {
-                debug!(%id, attempt, outcome = %outcome.label(), retry_in = ?after, "Webhook attempt failed.");
+                debug!(%id, %webhook, attempt, outcome = %outcome.label(), retry_in = ?after, "Webhook attempt failed.");
                 head.delivery.pending.attempt = next;
                 head.due = Instant::now() + after;
                 head.parked = head.attempts_here >= self.options.in_process_attempts;
             }
             Decision::GiveUp(why) => {
-                warn!(%id, attempt, outcome = %outcome.label(), "Webhook abandoned.");
+                warn!(%id, %webhook, attempt, outcome = %outcome.label(), "Webhook abandoned.");
                 if let Some(e) = queue.pop_front() {
                     report(&self.reports, &e, ReportResult::GaveUp(why), attempt);
                 }

@@ -1230,7 +1230,7 @@ fn image_runs_the_charts_fleet_commands_serve_sweep_worker_against_azurite() {
     .unwrap();
     // The ConfigMap: the chart's settings (the SAS comes from a Secret, as
     // an environment variable), this Azurite, loopback ports.
-    let (serve_port, metrics_port) = (free_port(), free_port());
+    let (serve_port, metrics_port, serve_metrics_port) = (free_port(), free_port(), free_port());
     std::fs::write(
         config.join("meetbot.toml"),
         format!(
@@ -1239,7 +1239,7 @@ fn image_runs_the_charts_fleet_commands_serve_sweep_worker_against_azurite() {
              [store]\nkind = \"azure_blob\"\n\
              [azure]\nauth = \"sas\"\nblob_url = {:?}\nqueue_url = {:?}\ntable_url = {:?}\n\
              [tenants]\nfile = \"{CHART_SECRETS_DIR}/tenants.toml\"\n\
-             [serve]\nlisten = \"127.0.0.1:{serve_port}\"\n\
+             [serve]\nlisten = \"127.0.0.1:{serve_port}\"\nmetrics_listen = \"127.0.0.1:{serve_metrics_port}\"\n\
              [worker]\nlisten = \"127.0.0.1:{metrics_port}\"\n\
              [stt]\nprovider = \"embedded\"\nlanguage = \"en\"\nmodel_dir = {:?}\n\
              [urls]\nallow = [\"127.0.0.1:*\"]\nallow_replay = true\n",

@@ -1,7 +1,8 @@
 //! `meetbot serve` (the control API) end to end against a real Azurite:
 //! POST /v1/bots → job on the queue → `meetbot worker` runs a replay meeting
 //! → transcript blob in that tenant's container, receipt, signed webhooks;
-//! tenant isolation; scheduled joins; stopping bots; bad input.
+//! tenant isolation; scheduled joins; stopping bots; bad input; metrics only
+//! on their private listener; `Idempotency-Key` across two replicas.
 
 mod common;
 
@@ -20,6 +21,8 @@ const SAID: &str = "Good morning everyone. Today we will review the budget for t
 struct Api {
     _serve: KillOnDrop,
     base: String,
+    /// `serve.metrics_listen`.
+    metrics_base: String,
     ws: Workspace,
     rt: tokio::runtime::Runtime,
     http: reqwest::Client,
@@ -33,6 +36,11 @@ impl Api {
     /// `meetbot serve` on a free port; `allow_local` lets meetings and
     /// webhooks use 127.0.0.1 (the test's Azurite-side receiver and replay files).
     fn start(az: &Azurite, allow_local: bool, extra: &str) -> Api {
+        Api::start_with(az, allow_local, extra, "")
+    }
+
+    /// `serve_extra`: more `[serve]` settings.
+    fn start_with(az: &Azurite, allow_local: bool, extra: &str, serve_extra: &str) -> Api {
         let mut ws = Workspace::new();
         let tenants = ws.path().join("tenants.toml");
         std::fs::write(
@@ -46,13 +54,19 @@ impl Api {
         )
         .unwrap();
         let port = free_port();
+        let metrics_port = loop {
+            let p = free_port();
+            if p != port {
+                break p;
+            }
+        };
         let urls = if allow_local {
             "[urls]\nallow = [\"127.0.0.1:*\"]\nallow_replay = true\n"
         } else {
             "[urls]\nallow = []\nallow_replay = false\n"
         };
         ws.extra_config = format!(
-            "{}\n{urls}[tenants]\nfile = {:?}\n[serve]\nlisten = \"127.0.0.1:{port}\"\nmax_body_bytes = 4096\n\
+            "{}\n{urls}[tenants]\nfile = {:?}\n[serve]\nlisten = \"127.0.0.1:{port}\"\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\nmax_body_bytes = 4096\n{serve_extra}\n\
              [worker]\nlisten = \"\"\nstop_poll = \"500ms\"\n\
              [webhooks]\nschedule = [\"0s\", \"1s\", \"2s\"]\ndrain = \"10s\"\n[queue]\nwait = \"2s\"\nlease = \"30s\"\n{extra}",
             az.config_toml(),
@@ -64,9 +78,11 @@ impl Api {
             .stderr(Stdio::inherit());
         let serve = KillOnDrop(c.spawn().unwrap());
         wait_port(port, Duration::from_secs(30));
+        wait_port(metrics_port, Duration::from_secs(30));
         Api {
             _serve: serve,
             base: format!("http://127.0.0.1:{port}"),
+            metrics_base: format!("http://127.0.0.1:{metrics_port}"),
             ws,
             rt: tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -242,7 +258,13 @@ fn a_bot_sent_through_the_api_ends_as_a_transcript_in_its_tenant_with_signed_web
     // Health, metrics and the OpenAPI document.
     assert_eq!(api.call("GET", "/healthz", None, None).0, 200);
     assert_eq!(api.call("GET", "/readyz", None, None).0, 200);
-    let (st, m) = api.call("GET", "/metrics", None, None);
+    // /metrics names tenants: never on the API port, only on its own listener.
+    let (st, body) = api.call("GET", "/metrics", None, None);
+    assert_eq!(st, 404, "{body}");
+    assert!(!body.to_string().contains("acme"), "{body}");
+    let (st, body) = api.call("GET", "/metrics", Some(TOKEN_A), None);
+    assert_eq!(st, 404, "{body}");
+    let (st, m) = api.send(api.http.get(format!("{}/metrics", api.metrics_base)));
     assert_eq!(st, 200);
     let m = m.as_str().unwrap().to_string();
     assert!(
@@ -583,6 +605,180 @@ fn bad_requests_get_clear_json_errors_and_nothing_is_enqueued() {
         (job["tenant"].as_str(), job["bot_id"].as_str()),
         (Some("acme"), b["id"].as_str())
     );
+}
+
+/// Messages in the job queue, visible or not (exact on Azurite).
+fn queued_jobs(api: &Api, az: &Azurite) -> u64 {
+    api.rt.block_on(async {
+        let r = reqwest::Client::new()
+            .get(format!(
+                "{}/meetbot-jobs?comp=metadata&{}",
+                az.queue_url(),
+                Azurite::sas()
+            ))
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.status());
+        r.headers()["x-ms-approximate-messages-count"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    })
+}
+
+/// POST /v1/bots with a raw body and headers: (status, body, Idempotent-Replayed, Location).
+fn post_keyed(
+    api: &Api,
+    token: &str,
+    keys: &[&[u8]],
+    body: &str,
+) -> (u16, Value, bool, Option<String>) {
+    let mut r = api
+        .http
+        .post(format!("{}/v1/bots", api.base))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(body.to_string());
+    for k in keys {
+        r = r.header(
+            "idempotency-key",
+            reqwest::header::HeaderValue::from_bytes(k).unwrap(),
+        );
+    }
+    api.rt.block_on(async {
+        let resp = r.send().await.unwrap();
+        let st = resp.status().as_u16();
+        let replayed = resp
+            .headers()
+            .get("idempotent-replayed")
+            .is_some_and(|v| v == "true");
+        let loc = resp
+            .headers()
+            .get("location")
+            .map(|v| v.to_str().unwrap().to_string());
+        let text = resp.text().await.unwrap();
+        (
+            st,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+            replayed,
+            loc,
+        )
+    })
+}
+
+#[test]
+fn an_idempotency_key_sends_one_bot_even_from_concurrent_requests_on_two_replicas() {
+    let az = Azurite::start();
+    let a = Api::start(&az, false, "");
+    let b = Api::start(&az, false, "");
+    let body = json!({"meeting_url": "janus+wss://1.1.1.1:8989/1234", "meeting_id": "standup"});
+
+    // 12 identical requests at once, alternately to each replica.
+    let results: Vec<(u16, Value, bool)> = a.rt.block_on(async {
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..12 {
+            let base = if i % 2 == 0 { &a.base } else { &b.base };
+            let req = a
+                .http
+                .post(format!("{base}/v1/bots"))
+                .bearer_auth(TOKEN_A)
+                .header("idempotency-key", "retry-7f3a.2026-11-23")
+                .json(&body);
+            set.spawn(async move {
+                let r = req.send().await.unwrap();
+                let st = r.status().as_u16();
+                let replayed = r.headers().contains_key("idempotent-replayed");
+                (st, r.json::<Value>().await.unwrap(), replayed)
+            });
+        }
+        set.join_all().await
+    });
+    let id = results[0].1["id"].as_str().unwrap().to_string();
+    for (st, bot, _) in &results {
+        assert_eq!(*st, 201, "{bot}");
+        assert_eq!(bot["id"], id.as_str(), "{results:?}");
+        assert_eq!(bot["meeting_id"], "standup");
+    }
+    assert_eq!(
+        results.iter().filter(|r| !r.2).count(),
+        1,
+        "exactly one response created the bot: {results:?}"
+    );
+    // One bot, one job, and the job is that bot's.
+    let (_, list) = a.call("GET", "/v1/bots", Some(TOKEN_A), None);
+    assert_eq!(list["bots"].as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(queued_jobs(&a, &az), 1);
+    let cfg = az.config();
+    let q = az.env().queue(&cfg, "meetbot-jobs").unwrap();
+    let m =
+        a.rt.block_on(q.receive(Duration::from_secs(60)))
+            .unwrap()
+            .unwrap();
+    let job: Value = serde_json::from_str(&m.text).unwrap();
+    assert_eq!(job["bot_id"], id.as_str());
+
+    // A later retry (key order and spacing do not matter; the quoted
+    // structured-field form names the same key) gets the same bot.
+    let same = r#"{ "meeting_id": "standup",  "meeting_url": "janus+wss://1.1.1.1:8989/1234" }"#;
+    for key in [
+        &b"retry-7f3a.2026-11-23"[..],
+        &b"\"retry-7f3a.2026-11-23\""[..],
+    ] {
+        let (st, bot, replayed, loc) = post_keyed(&b, TOKEN_A, &[key], same);
+        assert_eq!((st, replayed), (201, true), "{bot}");
+        assert_eq!(bot["id"], id.as_str());
+        assert_eq!(loc.as_deref(), Some(format!("/v1/bots/{id}").as_str()));
+    }
+    // The same key with another body: 409, nothing created.
+    let other = r#"{"meeting_url": "janus+wss://1.1.1.1:8989/1234", "meeting_id": "retro"}"#;
+    let (st, err, _, _) = post_keyed(&a, TOKEN_A, &[b"retry-7f3a.2026-11-23"], other);
+    assert_eq!(st, 409, "{err}");
+    assert_eq!(err["error"]["code"], "idempotency_key_reused", "{err}");
+    // Keys are per tenant: globex's same key and body is globex's own bot.
+    let (st, g, replayed, _) = post_keyed(&a, TOKEN_B, &[b"retry-7f3a.2026-11-23"], same);
+    assert_eq!((st, replayed), (201, false), "{g}");
+    assert_ne!(g["id"], id.as_str());
+    assert_eq!(g["tenant"], "globex");
+    // Malformed keys: 400, nothing created.
+    let long = "k".repeat(256);
+    for keys in [
+        vec![&b""[..]],
+        vec![&b"\"\""[..]],
+        vec![&b"two words"[..]],
+        vec![&b"caf\xc3\xa9"[..]],
+        vec![&b"\"unterminated"[..]],
+        vec![long.as_bytes()],
+        vec![&b"k1"[..], &b"k2"[..]],
+    ] {
+        let (st, err, _, _) = post_keyed(&a, TOKEN_A, &keys, same);
+        assert_eq!(st, 400, "{keys:?}: {err}");
+        assert_eq!(err["error"]["code"], "invalid_idempotency_key", "{err}");
+    }
+    let (st, ok, _, _) = post_keyed(&a, TOKEN_A, &["k".repeat(255).as_bytes()], same);
+    assert_eq!(st, 201, "{ok}");
+    // A request refused as invalid does not use up its key.
+    let hostile = r#"{"meeting_url": "janus+wss://10.1.2.3/1234"}"#;
+    let (st, _, _, _) = post_keyed(&a, TOKEN_A, &[b"fix-and-retry"], hostile);
+    assert_eq!(st, 400);
+    let (st, fixed, replayed, _) = post_keyed(&a, TOKEN_A, &[b"fix-and-retry"], same);
+    assert_eq!((st, replayed), (201, false), "{fixed}");
+    // Two acme bots with keys, one globex bot; the 409 and 400s added nothing.
+    let (_, list) = a.call("GET", "/v1/bots", Some(TOKEN_A), None);
+    assert_eq!(list["bots"].as_array().unwrap().len(), 3, "{list}");
+    assert_eq!(queued_jobs(&a, &az), 4);
+
+    // After the window, a key may stand for a new request.
+    let short = Api::start_with(&az, false, "", "idempotency_window = \"1s\"");
+    let (st, first, _, _) = post_keyed(&short, TOKEN_A, &[b"short-lived"], same);
+    assert_eq!(st, 201, "{first}");
+    std::thread::sleep(Duration::from_millis(2500));
+    let (st, later, replayed, _) = post_keyed(&short, TOKEN_A, &[b"short-lived"], other);
+    assert_eq!((st, replayed), (201, false), "{later}");
+    assert_ne!(later["id"], first["id"]);
+    assert_eq!(later["meeting_id"], "retro");
 }
 
 #[allow(dead_code)]

@@ -67,7 +67,7 @@ fn undelivered_webhooks_go_to_the_outbox_and_serve_delivers_them_with_the_same_i
     let serve_port = free_port();
     ws.extra_config = format!(
         "{}\n[urls]\nallow = [\"127.0.0.1:*\"]\nallow_replay = true\n[tenants]\nfile = {:?}\n\
-         [serve]\nlisten = \"127.0.0.1:{serve_port}\"\n[worker]\nlisten = \"\"\n\
+         [serve]\nlisten = \"127.0.0.1:{serve_port}\"\nmetrics_listen = \"\"\n[worker]\nlisten = \"\"\n\
          [webhooks]\nschedule = [\"0s\", \"1s\", \"1s\", \"2s\", \"2s\"]\nin_process_attempts = 1\ndrain = \"2s\"\n\
          [queue]\nwait = \"2s\"\nlease = \"30s\"\n",
         az.config_toml(),

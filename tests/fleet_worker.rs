@@ -16,6 +16,11 @@ const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const SAID: &str = "Good morning everyone. Today we will review the budget for the new office.";
 
 fn fleet_ws(az: &Azurite, extra: &str) -> Workspace {
+    fleet_ws_allowing(az, "[\"127.0.0.1:*\"]", extra)
+}
+
+/// `allow`: the worker's `urls.allow` (TOML array).
+fn fleet_ws_allowing(az: &Azurite, allow: &str, extra: &str) -> Workspace {
     let mut ws = Workspace::new();
     let tenants = ws.path().join("tenants.toml");
     std::fs::write(
@@ -27,7 +32,7 @@ fn fleet_ws(az: &Azurite, extra: &str) -> Workspace {
     )
     .unwrap();
     ws.extra_config = format!(
-        "{}\n[urls]\nallow = [\"127.0.0.1:*\"]\nallow_replay = true\n[tenants]\nfile = {:?}\n\
+        "{}\n[urls]\nallow = {allow}\nallow_replay = true\n[tenants]\nfile = {:?}\n\
          [worker]\nlisten = \"\"\nstop_poll = \"500ms\"\n\
          [webhooks]\nschedule = [\"0s\", \"1s\", \"2s\"]\nin_process_attempts = 3\ndrain = \"10s\"\n\
          [queue]\nwait = \"3s\"\nlease = \"30s\"\n{extra}",
@@ -189,6 +194,53 @@ fn a_job_ends_as_a_verified_transcript_blob_with_receipt_record_and_signed_webho
         (Some(0), vec!["skipped".to_string()]),
         "{}",
         idle.describe()
+    );
+}
+
+#[test]
+fn webhook_hosts_addresses_and_paths_never_reach_info_logs() {
+    let az = Azurite::start();
+    let hooks = WebhookReceiver::start(SECRET);
+    // Delivered to a receiver on 127.0.0.1.
+    let ws = fleet_ws(&az, "");
+    let delivered_url = hooks.url();
+    let run = worker(&ws, Some(&job(&ws, &delivered_url, "b-l1", "ml1", "fast")));
+    assert_eq!(run.code, Some(0), "{}", run.describe());
+    assert_eq!(hooks.wait_for(6, Duration::from_secs(10)).len(), 6);
+    // Refused at delivery: this worker's allow list does not admit 127.0.0.1
+    // (the URL passed when the job was accepted), so every attempt is refused
+    // by the URL guard, whose error names the host and the address.
+    let ws2 = fleet_ws_allowing(&az, "[]", "");
+    let port = free_port();
+    let refused_url = format!("https://127.0.0.1:{port}/private-path-4cd1/hook");
+    let run2 = worker(&ws2, Some(&job(&ws2, &refused_url, "b-l2", "ml2", "fast")));
+    assert_eq!(run2.code, Some(0), "{}", run2.describe());
+
+    let cases = [
+        (&run, &delivered_url, "/hooks/meetbot", hooks.port),
+        (&run2, &refused_url, "/private-path-4cd1", port),
+    ];
+    // No URL, path, host, address or port of the webhook in either run…
+    for (r, url, path, port) in cases {
+        let logs = &r.stderr;
+        for leak in [url.as_str(), path, "127.0.0.1", &format!(":{port}")] {
+            assert!(!logs.contains(leak), "{leak:?} in the logs:\n{logs}");
+        }
+    }
+    // …while each delivery is logged at info, naming the endpoint by its reference.
+    for (r, ..) in cases {
+        assert!(
+            r.stderr
+                .lines()
+                .any(|l| l.contains("Webhook delivery finished") && l.contains("acme/main")),
+            "{}",
+            r.stderr
+        );
+    }
+    assert!(
+        run2.stderr.contains("refused (url_blocked_address)"),
+        "{}",
+        run2.stderr
     );
 }
 

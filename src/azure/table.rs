@@ -281,15 +281,19 @@ impl TableClient {
     }
 
     /// Entities of one partition, newest-first order is not guaranteed (the
-    /// service orders by RowKey). Reads at most `limit` entities, following
-    /// continuation tokens.
+    /// service orders by RowKey). Only RowKeys below `rk_below` when given.
+    /// Reads at most `limit` entities, following continuation tokens.
     pub async fn query_partition(
         &self,
         table: &str,
         pk: &str,
+        rk_below: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Map<String, Value>>, TableError> {
-        let filter = format!("PartitionKey eq {}", key_literal(pk));
+        let mut filter = format!("PartitionKey eq {}", key_literal(pk));
+        if let Some(below) = rk_below {
+            filter.push_str(&format!(" and RowKey lt {}", key_literal(below)));
+        }
         let mut out = Vec::new();
         let mut next: Option<(String, String)> = None;
         loop {

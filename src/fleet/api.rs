@@ -5,8 +5,13 @@
 //! - `GET /v1/bots`, `GET /v1/bots/{id}` — the tenant's bots and their status.
 //! - `DELETE /v1/bots/{id}` — stop: a pending bot is cancelled; a bot in a
 //!   meeting leaves, commits and deletes as usual.
-//! - `GET /healthz`, `/readyz` (Table and queue reachable), `/metrics`
-//!   (Prometheus), `/v1/openapi.json` (the checked-in OpenAPI document).
+//! - `GET /healthz`, `/readyz` (Table and queue reachable), `/v1/openapi.json`
+//!   (the checked-in OpenAPI document).
+//!
+//! `GET /metrics` (Prometheus) is **not** on the API port: it is served by
+//! [`metrics_router`] on `serve.metrics_listen` (loopback by default), because
+//! its series name tenants and an API client must not learn who else uses
+//! the fleet. On the API port it is a plain 404.
 //!
 //! Every `/v1/bots` call needs `Authorization: Bearer <token>`; the token
 //! names the tenant (tenants file) and a tenant only ever sees its own
@@ -28,16 +33,17 @@ use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tracing::{info, warn};
 
 use super::job::{Job, JobStt, JobWebhook, JOB_VERSION};
 use super::metrics::Metrics;
-use super::records::{Records, Update};
+use super::records::{BotRecord, Records, Update};
 use super::tenants::{Tenant, Tenants};
 use super::AzureEnv;
 use crate::azure::queue::{JobQueue, MAX_VISIBILITY};
+use crate::azure::table::TableError;
 use crate::config::Config;
 use crate::netguard::{UrlError, UrlPolicy};
 use crate::store::validate_id;
@@ -61,6 +67,8 @@ pub struct ApiState {
     pub max_list: usize,
     /// Metrics.
     pub metrics: Metrics,
+    /// How long an `Idempotency-Key` is remembered.
+    pub idempotency_window: Duration,
 }
 
 /// An API error response.
@@ -121,7 +129,7 @@ fn url_error(field: &str, e: &UrlError) -> ApiError {
 }
 
 /// `POST /v1/bots` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateBot {
     /// Meeting URL.
@@ -167,12 +175,191 @@ fn authenticate<'a>(state: &'a ApiState, headers: &HeaderMap) -> Result<&'a Tena
         .ok_or_else(|| unauthorized("unknown token"))
 }
 
+/// Longest accepted `Idempotency-Key` (characters).
+pub const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+/// The `Idempotency-Key` header, if given: 1 to [`MAX_IDEMPOTENCY_KEY`]
+/// characters of `A-Z a-z 0-9 - _ . : ~ + / =`, bare or as a structured-field
+/// string in double quotes (the IETF httpapi draft's form; both name the
+/// same key), given once.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let mut values = headers.get_all("idempotency-key").iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    let bad = || {
+        ApiError::bad(
+            "invalid_idempotency_key",
+            format!(
+                "Idempotency-Key must be given once, as 1-{MAX_IDEMPOTENCY_KEY} characters of \
+                 A-Z a-z 0-9 - _ . : ~ + / = (optionally in double quotes)"
+            ),
+        )
+    };
+    if values.next().is_some() {
+        return Err(bad());
+    }
+    let text = value.to_str().map_err(|_| bad())?.trim();
+    let key = match text.strip_prefix('"') {
+        Some(rest) => rest.strip_suffix('"').ok_or_else(bad)?,
+        None => text,
+    };
+    let ok_chars = key
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_.:~+/=".contains(c));
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY || !ok_chars {
+        return Err(bad());
+    }
+    Ok(Some(key.to_string()))
+}
+
+/// The fingerprint an `Idempotency-Key` is bound to: SHA-256 of the parsed
+/// request re-serialized, so whitespace and key order do not matter but every
+/// value does.
+fn fingerprint(req: &CreateBot) -> String {
+    use sha2::Digest as _;
+    // A struct of strings, numbers and options always serializes.
+    let canonical = serde_json::to_vec(req).unwrap_or_default();
+    hex::encode(sha2::Sha256::digest(&canonical))
+}
+
+/// What a tenant's `Idempotency-Key` stands for now.
+enum KeyState {
+    /// Unused (or its window has passed: replace the row at this ETag).
+    Free(Option<String>),
+    /// Claimed with this body, and the bot exists: answer with it.
+    Replay(Box<BotRecord>),
+    /// Claimed with this body, the bot not created yet (the first request is
+    /// still running, or died before creating it): carry the request out
+    /// with the claimed bot id. Creating the record decides which request
+    /// enqueues the one job.
+    Claimed { bot_id: String, etag: String },
+}
+
+fn key_reused() -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "idempotency_key_reused",
+        "this Idempotency-Key was already used with a different request body; \
+         send a new key for a new bot",
+    )
+}
+
+async fn key_state(
+    state: &ApiState,
+    tenant: &str,
+    key: &str,
+    fp: &str,
+) -> Result<KeyState, ApiError> {
+    let storage = |_| ApiError::unavailable("bot storage");
+    let entry = state
+        .records
+        .idempotency_get(tenant, key)
+        .await
+        .map_err(storage)?;
+    let Some(e) = entry else {
+        return Ok(KeyState::Free(None));
+    };
+    if e.expired(SystemTime::now()) || validate_id("bot id", &e.bot_id).is_err() {
+        return Ok(KeyState::Free(Some(e.etag)));
+    }
+    if e.fingerprint != fp {
+        return Err(key_reused());
+    }
+    match state
+        .records
+        .get(tenant, &e.bot_id)
+        .await
+        .map_err(storage)?
+    {
+        Some(r) => Ok(KeyState::Replay(Box::new(r))),
+        None => Ok(KeyState::Claimed {
+            bot_id: e.bot_id,
+            etag: e.etag,
+        }),
+    }
+}
+
+/// Claims `key` for `fresh_id` unless another request holds it: the
+/// conditional insert (or `If-Match` replace of an expired row) admits one
+/// winner; the others see its row and follow it.
+async fn claim_key(
+    state: &ApiState,
+    tenant: &str,
+    key: &str,
+    fp: &str,
+    fresh_id: &str,
+) -> Result<KeyState, ApiError> {
+    for _ in 0..3 {
+        let replace = match key_state(state, tenant, key, fp).await? {
+            KeyState::Free(replace) => replace,
+            taken => return Ok(taken),
+        };
+        match state
+            .records
+            .idempotency_claim(
+                tenant,
+                key,
+                fresh_id,
+                fp,
+                state.idempotency_window,
+                replace.as_deref(),
+            )
+            .await
+        {
+            Ok(etag) => {
+                return Ok(KeyState::Claimed {
+                    bot_id: fresh_id.to_string(),
+                    etag,
+                })
+            }
+            Err(TableError::AlreadyExists | TableError::PreconditionFailed) => continue,
+            Err(e) => {
+                warn!(error = %e, "Could not store an Idempotency-Key.");
+                return Err(ApiError::unavailable("bot storage"));
+            }
+        }
+    }
+    Err(ApiError::unavailable(
+        "bot storage (the Idempotency-Key changed concurrently; retry)",
+    ))
+}
+
+/// `201 Created` with the bot and its `Location`; a replay of an
+/// `Idempotency-Key` also says `Idempotent-Replayed: true`.
+fn created(body: serde_json::Value, bot_id: &str, replayed: bool) -> Response {
+    let mut resp = (StatusCode::CREATED, axum::Json(body)).into_response();
+    if let Ok(v) = header::HeaderValue::from_str(&format!("/v1/bots/{bot_id}")) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    if replayed {
+        resp.headers_mut().insert(
+            header::HeaderName::from_static("idempotent-replayed"),
+            header::HeaderValue::from_static("true"),
+        );
+    }
+    resp
+}
+
+fn replay(state: &ApiState, r: BotRecord) -> Response {
+    state.metrics.inc(
+        "meetbot_idempotent_replays_total",
+        "POST /v1/bots answered with the bot an Idempotency-Key already created.",
+        &[("tenant", &r.tenant)],
+        1.0,
+    );
+    info!(bot_id = %r.id, tenant = %r.tenant, "Idempotency-Key replayed: answered with the existing bot.");
+    let id = r.id.clone();
+    created(serde_json::to_value(r).unwrap_or_default(), &id, true)
+}
+
 async fn create_bot(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
     let tenant = authenticate(&state, &headers)?;
+    let idem = idempotency_key(&headers)?;
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -211,8 +398,16 @@ async fn create_bot(
             ApiError::bad("invalid_json", format!("invalid JSON at {path}: {inner}"))
         }
     })?;
-    let bot_id = format!("b-{}", uuid::Uuid::new_v4().simple());
-    let job = Job {
+    // A retry of a request that already created its bot is answered before
+    // anything is checked again (DNS answers may have changed since).
+    let fp = fingerprint(&req);
+    if let Some(key) = &idem {
+        if let KeyState::Replay(r) = key_state(&state, &tenant.id, key, &fp).await? {
+            return Ok(replay(&state, *r));
+        }
+    }
+    let mut bot_id = format!("b-{}", uuid::Uuid::new_v4().simple());
+    let mut job = Job {
         version: JOB_VERSION,
         bot_id: Some(bot_id.clone()),
         tenant: tenant.id.clone(),
@@ -264,20 +459,33 @@ async fn create_bot(
             "join_at must be at most 7 days ahead",
         ));
     }
-    let text = job.to_json();
-    if text.len() > crate::azure::queue::MAX_MESSAGE_BYTES {
+    if job.to_json().len() > crate::azure::queue::MAX_MESSAGE_BYTES {
         return Err(ApiError::bad(
             "invalid_request",
             "the request is too large to enqueue",
         ));
     }
+    // The request is valid: claim the key (or follow whoever holds it).
+    let mut key_etag = None;
+    if let Some(key) = &idem {
+        match claim_key(&state, &tenant.id, key, &fp, &bot_id).await? {
+            KeyState::Replay(r) => return Ok(replay(&state, *r)),
+            KeyState::Claimed { bot_id: id, etag } => {
+                bot_id = id;
+                job.bot_id = Some(bot_id.clone());
+                key_etag = Some(etag);
+            }
+            KeyState::Free(_) => return Err(ApiError::unavailable("bot storage")),
+        }
+    }
+    let text = job.to_json();
 
     let status = if delay > Duration::ZERO {
         "scheduled"
     } else {
         "queued"
     };
-    state
+    match state
         .records
         .create(
             &job.tenant,
@@ -287,12 +495,31 @@ async fn create_bot(
             job.join_at.as_deref(),
         )
         .await
-        .map_err(|e| {
+    {
+        Ok(()) => {}
+        // Another request with the same Idempotency-Key created this bot
+        // first: it enqueues the job; this one answers with the bot.
+        Err(TableError::AlreadyExists) if idem.is_some() => {
+            return match state.records.get(&job.tenant, &bot_id).await {
+                Ok(Some(r)) => Ok(replay(&state, r)),
+                _ => Err(ApiError::unavailable("bot storage")),
+            };
+        }
+        Err(e) => {
             warn!(error = %e, "Could not create a bot record.");
-            ApiError::unavailable("bot storage")
-        })?;
+            return Err(ApiError::unavailable("bot storage"));
+        }
+    }
     if let Err(e) = state.queue.send(&text, delay).await {
         warn!(error = %e, "Could not enqueue a job.");
+        // The key is freed, so that a retry sends a bot rather than being
+        // answered with this one (fatal, never queued).
+        if let (Some(key), Some(etag)) = (&idem, &key_etag) {
+            let _ = state
+                .records
+                .idempotency_release(&job.tenant, key, etag)
+                .await;
+        }
         let _ = state
             .records
             .update(
@@ -331,11 +558,7 @@ async fn create_bot(
             json!({"id": bot_id, "tenant": job.tenant, "meeting_id": job.meeting_id, "status": status})
         }
     };
-    let mut resp = (StatusCode::CREATED, axum::Json(body)).into_response();
-    if let Ok(v) = header::HeaderValue::from_str(&format!("/v1/bots/{bot_id}")) {
-        resp.headers_mut().insert(header::LOCATION, v);
-    }
-    Ok(resp)
+    Ok(created(body, &bot_id, false))
 }
 
 async fn get_bot(
@@ -401,7 +624,7 @@ async fn stop_bot(
                 rec = Some(r);
                 break;
             }
-            Err(crate::azure::table::TableError::PreconditionFailed) => continue,
+            Err(TableError::PreconditionFailed) => continue,
             Err(_) => return Err(ApiError::unavailable("bot storage")),
         }
     }
@@ -456,6 +679,7 @@ async fn readyz(State(state): State<Arc<ApiState>>) -> Response {
 }
 
 async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
+    // Served on serve.metrics_listen only (see metrics_router).
     (
         [(header::CONTENT_TYPE, super::metrics::CONTENT_TYPE)],
         state.metrics.render(),
@@ -499,7 +723,6 @@ pub fn router(state: Arc<ApiState>, max_body: usize) -> Router {
             get(|| async { axum::Json(json!({"ok": true})) }),
         )
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
         .route(
             "/v1/openapi.json",
             get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
@@ -517,6 +740,16 @@ pub fn router(state: Arc<ApiState>, max_body: usize) -> Router {
             count_requests,
         ))
         .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+/// The private metrics router (`GET /metrics`, everything else 404), for
+/// `serve.metrics_listen`. Its series carry tenant labels: operators may
+/// break usage down per tenant, API clients never see it.
+pub fn metrics_router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .fallback(fallback)
         .with_state(state)
 }
 
@@ -546,12 +779,39 @@ pub async fn serve_cmd(cfg: Config) -> anyhow::Result<()> {
         allow_replay: cfg.urls.allow_replay,
         max_list: cfg.serve.max_list,
         metrics: Metrics::default(),
+        idempotency_window: cfg.serve.idempotency_window,
     });
     let listener = tokio::net::TcpListener::bind(&cfg.serve.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.serve.listen))?;
-    info!(listen = %listener.local_addr()?, tenants = tenants.len(), "meetbot serve listening.");
+    let metrics_listener = if cfg.serve.metrics_listen.is_empty() {
+        None
+    } else {
+        Some(
+            tokio::net::TcpListener::bind(&cfg.serve.metrics_listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", cfg.serve.metrics_listen))?,
+        )
+    };
+    info!(
+        listen = %listener.local_addr()?,
+        metrics_listen = %metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "off".into()),
+        tenants = tenants.len(),
+        "meetbot serve listening."
+    );
     let outbox_task = tokio::spawn(super::outbox::run(outbox, tenants, cfg.clone()));
+    let metrics_task = metrics_listener.map(|l| {
+        let app = metrics_router(state.clone());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(l, app).await {
+                warn!(error = %e, "Metrics listener stopped.");
+            }
+        })
+    });
     let shutdown = async {
         use tokio::signal::unix::{signal, SignalKind};
         if let (Ok(mut term), Ok(mut int)) = (
@@ -567,5 +827,109 @@ pub async fn serve_cmd(cfg: Config) -> anyhow::Result<()> {
         .with_graceful_shutdown(shutdown)
         .await?;
     outbox_task.abort();
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(values: &[&[u8]]) -> Result<Option<String>, ApiError> {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(
+                "idempotency-key",
+                header::HeaderValue::from_bytes(v).expect("a valid header value"),
+            );
+        }
+        idempotency_key(&h)
+    }
+
+    #[test]
+    fn idempotency_keys_are_bounded_and_quoted_or_bare() {
+        assert_eq!(key(&[]).unwrap(), None);
+        for (given, want) in [
+            (&b"abc"[..], "abc"),
+            (b"\"abc\"", "abc"),
+            (
+                b" 8e03978e-40d5-43e8-bc93-6894a57f9324 ",
+                "8e03978e-40d5-43e8-bc93-6894a57f9324",
+            ),
+            (b"a.b_c:d~e+f/g=", "a.b_c:d~e+f/g="),
+        ] {
+            assert_eq!(key(&[given]).unwrap().as_deref(), Some(want));
+        }
+        let longest = "k".repeat(MAX_IDEMPOTENCY_KEY);
+        assert_eq!(key(&[longest.as_bytes()]).unwrap(), Some(longest.clone()));
+        let too_long = "k".repeat(MAX_IDEMPOTENCY_KEY + 1);
+        for bad in [
+            &b""[..],
+            b"\"\"",
+            b"\"abc",
+            b"abc\"",
+            b"a b",
+            b"a,b",
+            b"caf\xc3\xa9",
+            b"a\\b",
+            too_long.as_bytes(),
+        ] {
+            let e = key(&[bad]).unwrap_err();
+            assert_eq!(
+                (e.status, e.code),
+                (StatusCode::BAD_REQUEST, "invalid_idempotency_key"),
+                "{bad:?}"
+            );
+        }
+        assert!(key(&[b"a", b"a"]).is_err());
+    }
+
+    #[test]
+    fn the_fingerprint_ignores_layout_but_not_values() {
+        let parse = |t: &str| serde_json::from_str::<CreateBot>(t).unwrap();
+        let a = fingerprint(&parse(
+            r#"{"meeting_url":"janus+wss://h/1","meeting_id":"m"}"#,
+        ));
+        let b = fingerprint(&parse(
+            r#"{ "meeting_id" : "m",
+                 "meeting_url": "janus+wss://h/1" }"#,
+        ));
+        let c = fingerprint(&parse(
+            r#"{"meeting_url":"janus+wss://h/1","meeting_id":"n"}"#,
+        ));
+        let d = fingerprint(&parse(
+            r#"{"meeting_url":"janus+wss://h/2","meeting_id":"m"}"#,
+        ));
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_ne!(a, d);
+        assert_eq!(a.len(), 64);
+    }
+
+    #[test]
+    fn the_openapi_document_describes_the_api_port() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("valid JSON");
+        let paths = doc["paths"].as_object().expect("paths");
+        // /metrics is on its own listener, not part of the API.
+        assert!(!paths.contains_key("/metrics"));
+        for p in [
+            "/v1/bots",
+            "/v1/bots/{id}",
+            "/healthz",
+            "/readyz",
+            "/v1/openapi.json",
+        ] {
+            assert!(paths.contains_key(p), "{p}");
+        }
+        let post = &doc["paths"]["/v1/bots"]["post"];
+        assert!(post["parameters"]
+            .as_array()
+            .expect("parameters")
+            .iter()
+            .any(|p| p["name"] == "Idempotency-Key" && p["in"] == "header"));
+        assert!(post["responses"]["409"].is_object());
+        assert!(post["responses"]["201"]["headers"]["Idempotent-Replayed"].is_object());
+    }
 }

@@ -70,7 +70,7 @@ async fn deliver_one(
         }
     };
     let Some(secrets) = secrets_for(tenants, &pending.secret_ref) else {
-        warn!(webhook_id = %pending.id, "Dropping a webhook delivery: its signing secret is no longer in the tenants file.");
+        warn!(webhook_id = %pending.id, webhook = %pending.secret_ref, "Dropping a webhook delivery: its signing secret is no longer in the tenants file.");
         let _ = outbox.delete(&m).await;
         return;
     };
@@ -91,7 +91,14 @@ async fn deliver_one(
             // same attempt is made again (same webhook-id).
         }
         d => {
-            info!(webhook_id = %delivery.pending.id, attempt, result = ?d, "Webhook outbox delivery finished.");
+            let result = match &d {
+                Decision::Delivered => "delivered".to_string(),
+                Decision::Gone => "gone (410)".to_string(),
+                Decision::GiveUp(g) => format!("gave up: {}", g.label()),
+                Decision::Retry { .. } => "retry".to_string(),
+            };
+            // Named by its secret reference (tenant/name), never by URL or host.
+            info!(webhook_id = %delivery.pending.id, webhook = %delivery.pending.secret_ref, attempt, %result, "Webhook outbox delivery finished.");
             let _ = outbox.delete(&m).await;
         }
     }

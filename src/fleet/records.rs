@@ -2,6 +2,19 @@
 //! RowKey = bot id), created by `meetbot serve` (or a direct job's worker) and
 //! updated by the worker at every status change, so `serve` replicas are
 //! stateless and a tenant's partition is all a tenant can ever read.
+//!
+//! The same partition holds the tenant's `Idempotency-Key`s of
+//! `POST /v1/bots` ([`Records::idempotency_get`]): one row per key, RowKey
+//! `~idem-<sha256(key)>`. Bot ids never contain `~` (see
+//! [`crate::store::validate_id`]) and `~` sorts after every character a bot
+//! id may hold, so the rows can neither collide with a bot nor show up in
+//! [`Records::list`]. The row is written with a conditional insert (or an
+//! `If-Match` replace of an expired row), which is what makes two concurrent
+//! identical requests — on any replica — agree on one bot id.
+
+use std::time::{Duration, SystemTime};
+
+use sha2::{Digest, Sha256};
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -87,6 +100,40 @@ impl BotRecord {
     pub fn is_terminal(&self) -> bool {
         TERMINAL.contains(&self.status.as_str())
     }
+}
+
+/// RowKey prefix of idempotency-key rows (see the module docs).
+pub const IDEMPOTENCY_PREFIX: &str = "~idem-";
+/// Every bot id sorts below this (bot ids are `A-Z a-z 0-9 . _ -`).
+const ROW_KEYS_BELOW: &str = "~";
+
+/// An `Idempotency-Key` of a tenant as stored: which bot it created and
+/// the fingerprint of the request body that created it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyEntry {
+    /// The bot the key stands for.
+    pub bot_id: String,
+    /// Hex SHA-256 of the request (see `api::fingerprint`).
+    pub fingerprint: String,
+    /// When the key may be used for another request (RFC 3339).
+    pub expires_at: String,
+    /// For [`Records::idempotency_claim`] and [`Records::idempotency_release`].
+    pub etag: String,
+}
+
+impl IdempotencyEntry {
+    /// Whether the window has passed at `now` (an unreadable time counts as
+    /// expired: the row is then replaced rather than trusted).
+    pub fn expired(&self, now: SystemTime) -> bool {
+        humantime::parse_rfc3339_weak(&self.expires_at).map_or(true, |t| t <= now)
+    }
+}
+
+fn idempotency_row(key: &str) -> String {
+    format!(
+        "{IDEMPOTENCY_PREFIX}{}",
+        hex::encode(Sha256::digest(key.as_bytes()))
+    )
 }
 
 /// A status change for [`Records::update`].
@@ -184,11 +231,77 @@ impl Records {
     pub async fn list(&self, tenant: &str, limit: usize) -> Result<Vec<BotRecord>, TableError> {
         Ok(self
             .client
-            .query_partition(&self.table, tenant, limit)
+            .query_partition(&self.table, tenant, Some(ROW_KEYS_BELOW), limit)
             .await?
             .iter()
             .map(BotRecord::from_props)
             .collect())
+    }
+
+    /// The tenant's row for `key`, if any (expired or not).
+    pub async fn idempotency_get(
+        &self,
+        tenant: &str,
+        key: &str,
+    ) -> Result<Option<IdempotencyEntry>, TableError> {
+        Ok(self
+            .client
+            .get(&self.table, tenant, &idempotency_row(key))
+            .await?
+            .map(|e: Entity| IdempotencyEntry {
+                bot_id: s(&e.props, "bot_id").unwrap_or_default(),
+                fingerprint: s(&e.props, "fingerprint").unwrap_or_default(),
+                expires_at: s(&e.props, "expires_at").unwrap_or_default(),
+                etag: e.etag,
+            }))
+    }
+
+    /// Makes `key` stand for `bot_id` and `fingerprint` for `window`.
+    /// `replace` = `None`: a conditional insert ([`TableError::AlreadyExists`]
+    /// if another request claimed the key first); `Some(etag)`: replaces that
+    /// (expired) row only if it is unchanged ([`TableError::PreconditionFailed`]
+    /// otherwise). Returns the row's new ETag.
+    pub async fn idempotency_claim(
+        &self,
+        tenant: &str,
+        key: &str,
+        bot_id: &str,
+        fingerprint: &str,
+        window: Duration,
+        replace: Option<&str>,
+    ) -> Result<String, TableError> {
+        let now = SystemTime::now();
+        let mut p = Map::new();
+        p.insert("bot_id".into(), bot_id.into());
+        p.insert("fingerprint".into(), fingerprint.into());
+        p.insert(
+            "created_at".into(),
+            humantime::format_rfc3339_seconds(now).to_string().into(),
+        );
+        p.insert(
+            "expires_at".into(),
+            humantime::format_rfc3339_millis(now + window)
+                .to_string()
+                .into(),
+        );
+        let row = idempotency_row(key);
+        match replace {
+            None => self.client.insert(&self.table, tenant, &row, &p).await,
+            Some(etag) => self.client.merge(&self.table, tenant, &row, &p, etag).await,
+        }
+    }
+
+    /// Frees `key` (a request that could not be carried out), if its row is
+    /// still at `etag`.
+    pub async fn idempotency_release(
+        &self,
+        tenant: &str,
+        key: &str,
+        etag: &str,
+    ) -> Result<(), TableError> {
+        self.client
+            .delete(&self.table, tenant, &idempotency_row(key), etag)
+            .await
     }
 
     /// Applies a change to an existing record (last writer wins per field).

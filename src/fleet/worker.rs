@@ -817,9 +817,12 @@ fn webhook_target(
             in_process_attempts: cfg.webhooks.in_process_attempts,
         },
     );
+    // The endpoint is named by its secret reference (tenant/name): a stable
+    // reference that does not identify the receiver's host.
+    let webhook = format!("{}/{}", job.tenant, w.secret_ref);
     tokio::spawn(async move {
         while let Some(r) = reports.recv().await {
-            info!(webhook_id = %r.id, attempts = r.attempts, result = ?r.result, "Webhook delivery finished.");
+            info!(webhook_id = %r.id, %webhook, attempts = r.attempts, result = %r.result.label(), "Webhook delivery finished.");
         }
     });
     Ok(Some(WebhookTarget {

@@ -311,3 +311,30 @@ fn pending_delivery_round_trips_without_secrets() {
         assert!(!dbg.contains(leak), "{dbg}");
     }
 }
+
+#[test]
+fn outcomes_and_reports_never_print_a_host_or_address() {
+    let refused = UrlError::BlockedAddress {
+        host: "hooks.inside.example".into(),
+        verb: "resolves to",
+        addr: "10.1.2.3".parse().expect("an address"),
+        reason: "private",
+    };
+    let texts = [
+        format!("{:?}", Outcome::Refused(refused.clone())),
+        format!("{:?}", GiveUp::Rejected(refused.clone())),
+        format!(
+            "{:?}",
+            ReportResult::GaveUp(GiveUp::Rejected(refused.clone()))
+        ),
+        format!("{:?}", Decision::GiveUp(GiveUp::Rejected(refused.clone()))),
+        ReportResult::GaveUp(GiveUp::Rejected(refused)).label(),
+    ];
+    for t in &texts {
+        assert!(
+            !t.contains("hooks.inside") && !t.contains("10.1.2.3"),
+            "{t}"
+        );
+        assert!(t.contains("url_blocked_address"), "{t}");
+    }
+}

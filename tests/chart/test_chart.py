@@ -643,13 +643,17 @@ class ServeSweepSttServe(unittest.TestCase):
                 [c] = tpl["spec"]["containers"]
                 self.assertEqual(c["args"], ["serve"])
                 cfg = effective_config(r, c)
-                port = {p["name"]: p["containerPort"] for p in c["ports"]}["http"]
-                self.assertEqual(cfg["serve"]["listen"], f"0.0.0.0:{port}")
+                ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+                self.assertEqual(cfg["serve"]["listen"], f"0.0.0.0:{ports['http']}")
+                # /metrics (tenant labels) on its own named port, for in-cluster scraping.
+                self.assertEqual(cfg["serve"]["metrics_listen"], f"0.0.0.0:{ports['metrics']}")
+                self.assertNotEqual(ports["metrics"], ports["http"])
                 self.assertEqual(c["livenessProbe"]["httpGet"]["path"], "/healthz")
                 self.assertEqual(c["readinessProbe"]["httpGet"]["path"], "/readyz")
                 svc = r.one("Service", "serve")
                 self.assertTrue(labels_match({"matchLabels": svc["spec"]["selector"]}, tpl["metadata"]["labels"]))
-                self.assertEqual(svc["spec"]["ports"][0]["targetPort"], "http")
+                # The Service exposes the API port only, never the metrics port.
+                self.assertEqual([p["targetPort"] for p in svc["spec"]["ports"]], ["http"])
                 self.assertTrue(labels_match(dep["spec"]["selector"], tpl["metadata"]["labels"]))
                 # Tenants file mounted where the config reads it.
                 mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
@@ -867,14 +871,22 @@ class NetworkPolicyTests(unittest.TestCase):
         self.assertEqual(peers, PRODUCTION["networkPolicy"]["metricsFrom"])
         self.assertEqual(ingress_peers(r, pods["worker"], "TCP", 22), [])
         self.assertEqual(ingress_peers(r, pods["sweep"], "TCP", 8080), [])
-        # Serve: the ingress controller (and monitoring).
+        # Serve: the API from the ingress controller only; its metrics port from monitoring only.
         peers = ingress_peers(r, pods["serve"], "TCP", 8080)
-        self.assertEqual(peers, PRODUCTION["networkPolicy"]["serveFrom"] + PRODUCTION["networkPolicy"]["metricsFrom"])
-        # Minimal: serve open to any source (no serveFrom), workers closed.
+        self.assertEqual(peers, PRODUCTION["networkPolicy"]["serveFrom"])
+        peers = ingress_peers(r, pods["serve"], "TCP", 9091)
+        self.assertEqual(peers, PRODUCTION["networkPolicy"]["metricsFrom"])
+        # Minimal: the API open to any source (no serveFrom); serve metrics and workers closed.
         r = RENDERS["minimal"]
         pods = {tpl["metadata"]["labels"]["app.kubernetes.io/component"]: tpl["metadata"]["labels"] for _, tpl in r.pod_templates()}
         self.assertIsNone(ingress_peers(r, pods["serve"], "TCP", 8080))
+        self.assertEqual(ingress_peers(r, pods["serve"], "TCP", 9091), [])
         self.assertEqual(ingress_peers(r, pods["worker"], "TCP", 9090), [])
+
+    def test_serve_metrics_cannot_share_the_api_port(self):
+        with helm.Chart.load(CHART) as chart:
+            with self.assertRaisesRegex(helm.HelmRenderError, "serve.metricsPort"):
+                chart.render(merged(MINIMAL, {"serve": {"metricsPort": 8080}}), name="mb", namespace="meetbot")
 
     def test_values_that_would_open_the_metadata_address_are_refused(self):
         hostile = [

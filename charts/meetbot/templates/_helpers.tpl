@@ -118,7 +118,7 @@ written as integers here. Strings go through toJson (JSON string escapes are val
 {{- $_ := set $c "queue" (dict "name" $v.queue.name "poison_name" $v.queue.poisonName "table" $v.queue.table) -}}
 {{- $_ := set $c "webhooks" (dict "outbox_queue" $v.queue.outboxName) -}}
 {{- $_ := set $c "tenants" (dict "file" "/etc/meetbot/secrets/tenants.toml") -}}
-{{- $_ := set $c "serve" (dict "listen" (printf "0.0.0.0:%v" $v.serve.port)) -}}
+{{- $_ := set $c "serve" (dict "listen" (printf "0.0.0.0:%v" $v.serve.port) "metrics_listen" (printf "0.0.0.0:%v" $v.serve.metricsPort)) -}}
 {{- $_ := set $c "worker" (dict "listen" (printf "0.0.0.0:%v" $v.worker.metricsPort)) -}}
 {{- $_ := set $c "stt_serve" (dict "listen" (printf "0.0.0.0:%v" $v.sttServe.port) "max_concurrency" $v.sttServe.maxConcurrency) -}}
 {{- if $v.azure.keyVault.url -}}

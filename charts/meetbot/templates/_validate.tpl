@@ -51,6 +51,9 @@ template uses.
 {{- if hasKey (default dict $v.config.stt) "model_dir" -}}
 {{- $errors = append $errors "config.stt.model_dir: use model.dir (the image's environment would override the config file)" -}}
 {{- end -}}
+{{- if eq (int $v.serve.port) (int $v.serve.metricsPort) -}}
+{{- $errors = append $errors "serve.metricsPort: must differ from serve.port (metrics are never served on the API port)" -}}
+{{- end -}}
 {{- if $errors -}}
 {{- fail (printf "\n\nmeetbot: set these values:\n  - %s\n\nSee docs/deploy.md." (join "\n  - " $errors)) -}}
 {{- end -}}
