@@ -5,6 +5,11 @@
 //! lifecycle [`Input`]s, and carries out the lifecycle's [`Output`]s. It makes
 //! no decisions of its own about *when* to leave, commit or delete.
 //!
+//! Transcription goes through a [`Backlog`]: an utterance that finds the
+//! provider busy (or down) waits as a reference into the recording, and is
+//! read back ([`Recording::read_packets`]) and decoded again
+//! ([`decode_range`]) when its turn comes; see `core::backlog`.
+//!
 //! **Invariant:** every path out of [`run`] after the recording is created
 //! destroys it (the lifecycle guarantees a `DeleteRecording`), and the
 //! recording's audio never leaves memory unencrypted.
