@@ -5,31 +5,40 @@
 //! lifecycle [`Input`]s, and carries out the lifecycle's [`Output`]s. It makes
 //! no decisions of its own about *when* to leave, commit or delete.
 //!
+//! Transcription goes through a [`Backlog`]: an utterance that finds the
+//! provider busy (or down) waits as a reference into the recording, and is
+//! read back ([`Recording::read_packets`]) and decoded again
+//! ([`decode_range`]) when its turn comes; see `core::backlog`.
+//!
 //! **Invariant:** every path out of [`run`] after the recording is created
 //! destroys it (the lifecycle guarantees a `DeleteRecording`), and the
 //! recording's audio never leaves memory unencrypted.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::audit::{AuditLog, DeletionReceipt, TranscriptOutcome};
-use crate::core::audio::ParticipantPipeline;
+use crate::core::audio::{decode_range, ParticipantPipeline, WARMUP_MS};
+use crate::core::backlog::{
+    AudioIndex, Backlog, BacklogConfig, BacklogStats, Finish, Report, Ticket, UtteranceRef,
+};
 use crate::core::lifecycle::{Input, Lifecycle, LifecycleConfig, Output, Status};
-use crate::core::media::{ParticipantId, Utterance};
+use crate::core::media::{PacketRun, ParticipantId, Utterance};
 use crate::core::vad::VadConfig;
 use crate::pii::Pii;
 use crate::platform::{MeetingPlatform, PlatformEvent};
 use crate::recording::{self, DataKey, KeyProvider, Recording, RecordingConfig, RecordingMeta};
-use crate::status::{self, ReceiptInfo, StatusLine, TranscriptInfo};
+use crate::status::{self, BacklogInfo, ReceiptInfo, StatusLine, TranscriptInfo};
 use crate::store::{Committed, TranscriptStore};
 use crate::stt::retry::{transcribe_with_retry, RetryPolicy};
-use crate::stt::SttProvider;
+use crate::stt::{SttError, SttProvider};
 use crate::transcript::{GapDoc, ParticipantDoc, SegmentDoc, TranscriptDoc, SCHEMA};
 
 /// What to join and on whose behalf.
@@ -65,6 +74,81 @@ pub struct Components {
     pub retry: RetryPolicy,
     /// Utterances transcribed at once.
     pub stt_concurrency: usize,
+    /// Cap on decoded PCM in flight to STT, bytes (`stt.inflight_budget_kib`).
+    pub stt_inflight_budget_bytes: u64,
+    /// Live backlog figures, for the worker's metrics (and tests).
+    pub gauges: Arc<BacklogGauges>,
+}
+
+/// The transcription backlog as it is now, readable from other tasks (the
+/// worker's `/metrics`). Updated by [`run`]; no audio, no names.
+#[derive(Debug, Default)]
+pub struct BacklogGauges {
+    /// Utterances waiting for STT (by reference).
+    pub queued: AtomicU64,
+    /// Audio waiting for STT, ms.
+    pub queued_audio_ms: AtomicU64,
+    /// Utterances at the provider.
+    pub in_flight: AtomicU64,
+    /// Utterances requeued after the provider failed transiently (total).
+    pub requeued: AtomicU64,
+    /// Utterances decoded again from the recording (total).
+    pub from_recording: AtomicU64,
+    /// Plaintext PCM bytes the orchestrator holds for STT right now: counted
+    /// from the moment a buffer exists until it is zeroized.
+    pub pcm_bytes: AtomicU64,
+    /// The most `pcm_bytes` ever was.
+    pub peak_pcm_bytes: AtomicU64,
+}
+
+impl BacklogGauges {
+    fn publish(&self, s: &BacklogStats) {
+        self.queued.store(s.queued, Ordering::Relaxed);
+        self.queued_audio_ms
+            .store(s.queued_audio_ms, Ordering::Relaxed);
+        self.in_flight.store(s.in_flight, Ordering::Relaxed);
+        self.requeued.store(s.requeued, Ordering::Relaxed);
+        self.from_recording
+            .store(s.from_recording, Ordering::Relaxed);
+    }
+}
+
+/// Plaintext PCM on its way to STT: counted in [`BacklogGauges::pcm_bytes`]
+/// while it lives, zeroized when dropped.
+struct MeteredPcm {
+    samples: Arc<[f32]>,
+    bytes: u64,
+    gauges: Arc<BacklogGauges>,
+}
+
+impl MeteredPcm {
+    fn new(samples: Vec<f32>, gauges: &Arc<BacklogGauges>) -> Self {
+        let bytes = (samples.len() * std::mem::size_of::<f32>()) as u64;
+        let now = gauges.pcm_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        gauges.peak_pcm_bytes.fetch_max(now, Ordering::Relaxed);
+        // `into()` copies into the Arc's allocation: wipe the source.
+        let mut samples = zeroize::Zeroizing::new(samples);
+        let shared: Arc<[f32]> = Arc::from(&samples[..]);
+        zeroize::Zeroize::zeroize(&mut *samples);
+        MeteredPcm {
+            samples: shared,
+            bytes,
+            gauges: gauges.clone(),
+        }
+    }
+}
+
+impl Drop for MeteredPcm {
+    fn drop(&mut self) {
+        // Unique unless a provider still holds a clone (an attempt that timed
+        // out while its blocking work runs on); that clone then dies unwiped.
+        if let Some(s) = Arc::get_mut(&mut self.samples) {
+            zeroize::Zeroize::zeroize(s);
+        }
+        self.gauges
+            .pcm_bytes
+            .fetch_sub(self.bytes, Ordering::Relaxed);
+    }
 }
 
 /// How the run ended.
@@ -163,10 +247,16 @@ pub fn sweep_spool_receipts(
 }
 
 struct SttResult {
-    participant: ParticipantId,
-    start_ms: u64,
-    end_ms: u64,
-    result: Result<Vec<crate::stt::SttSegment>, crate::stt::SttError>,
+    ticket: Ticket,
+    result: Result<Vec<crate::stt::SttSegment>, SttError>,
+}
+
+/// The audio of one dispatched utterance.
+enum SttAudio {
+    /// PCM the live pipeline decoded (the utterance went straight out).
+    Live(Vec<f32>),
+    /// Its packets, read back from the recording, to decode in the task.
+    Packets(PacketRun, UtteranceRef),
 }
 
 /// Runs one meeting to its end. `stop` yields once per stop request
@@ -193,6 +283,7 @@ pub async fn run(
         reason,
         transcript,
         receipt,
+        transcribing: None,
     };
 
     // The first output is always `joining`.
@@ -220,9 +311,21 @@ pub async fn run(
     let mut ev_closed = false;
 
     let (stt_tx, mut stt_rx) = mpsc::channel::<SttResult>(64);
-    let mut stt_tasks = JoinSet::new();
-    let stt_permits = Arc::new(Semaphore::new(comps.stt_concurrency.max(1)));
-    let mut pending_stt = 0usize;
+    let mut stt_tasks: JoinSet<()> = JoinSet::new();
+    let mut task_tickets: HashMap<tokio::task::Id, Ticket> = HashMap::new();
+    let mut backlog = Backlog::new(BacklogConfig {
+        concurrency: comps.stt_concurrency.max(1),
+        inflight_budget_bytes: comps.stt_inflight_budget_bytes,
+        retry_initial: comps
+            .retry
+            .max_backoff
+            .max(std::time::Duration::from_secs(1)),
+        retry_max: comps
+            .retry
+            .max_backoff
+            .max(std::time::Duration::from_secs(60)),
+    });
+    let gauges = comps.gauges.clone();
     let mut draining = false;
     let mut abandoned = false;
     let mut complete = true;
@@ -243,26 +346,73 @@ pub async fn run(
     let mut inputs: Vec<Input> = Vec::new();
     let success;
 
-    let submit = |utt: Utterance, tasks: &mut JoinSet<()>, pending: &mut usize| {
-        *pending += 1;
+    // Starts one utterance's transcription task.
+    let spawn = |ticket: Ticket,
+                 audio: SttAudio,
+                 tasks: &mut JoinSet<()>,
+                 ids: &mut HashMap<tokio::task::Id, Ticket>| {
         let stt = comps.stt.clone();
         let tx = stt_tx.clone();
-        let permits = stt_permits.clone();
         let policy = comps.retry.clone();
-        tasks.spawn(async move {
-            // The semaphore is never closed, so acquire only fails if it were.
-            let _permit = permits.acquire_owned().await;
-            let samples: Arc<[f32]> = utt.samples.into();
-            let result = transcribe_with_retry(stt.as_ref(), samples, &policy).await;
-            let _ = tx
-                .send(SttResult {
-                    participant: utt.participant,
-                    start_ms: utt.start_ms,
-                    end_ms: utt.end_ms,
-                    result,
-                })
-                .await;
+        let gauges = gauges.clone();
+        let vad = comps.vad.clone();
+        let handle = tasks.spawn(async move {
+            let pcm = match audio {
+                SttAudio::Live(samples) => Ok(MeteredPcm::new(samples, &gauges)),
+                SttAudio::Packets(run, r) => {
+                    // Opus decoding is CPU work: off the runtime's threads.
+                    let g = gauges.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let from = r.start_ms;
+                        decode_range(r.participant, &run, from, r.end_ms, &vad)
+                            .map(|mut pcm| MeteredPcm::new(std::mem::take(&mut *pcm), &g))
+                    })
+                    .await
+                    .map_err(|e| SttError::Permanent(format!("decoding task failed: {e}")))
+                    .and_then(|r| {
+                        r.map_err(|e| {
+                            SttError::Permanent(format!("decoding from the recording: {e}"))
+                        })
+                    })
+                }
+            };
+            let result = match pcm {
+                Ok(pcm) => {
+                    let r = transcribe_with_retry(stt.as_ref(), pcm.samples.clone(), &policy).await;
+                    drop(pcm);
+                    r
+                }
+                Err(e) => Err(e),
+            };
+            let _ = tx.send(SttResult { ticket, result }).await;
         });
+        ids.insert(handle.id(), ticket);
+    };
+    // A new utterance: straight out with its PCM if the provider has room,
+    // else queued by reference (its PCM wiped now).
+    let offer = |u: Utterance,
+                 rec: &Option<Recording>,
+                 index: &AudioIndex,
+                 backlog: &mut Backlog,
+                 tasks: &mut JoinSet<()>,
+                 ids: &mut HashMap<tokio::task::Id, Ticket>| {
+        let last_chunk = rec.as_ref().map(|r| r.write_position()).unwrap_or(0);
+        let first_chunk = index
+            .locate(&u.participant, u.start_ms.saturating_sub(WARMUP_MS))
+            .unwrap_or(last_chunk)
+            .min(last_chunk);
+        let r = UtteranceRef {
+            participant: u.participant.clone(),
+            start_ms: u.start_ms,
+            end_ms: u.end_ms,
+            first_chunk,
+            last_chunk,
+        };
+        let mut samples = u.samples;
+        match backlog.offer(Instant::now(), r) {
+            crate::core::backlog::Admit::Now(t) => spawn(t, SttAudio::Live(samples), tasks, ids),
+            crate::core::backlog::Admit::Queued => zeroize::Zeroize::zeroize(&mut samples),
+        }
     };
 
     'run: loop {
@@ -296,36 +446,52 @@ pub async fn run(
                         _ => {}
                     }
                     info!(status = status.as_str(), "Status changed.");
-                    emit(&line(
+                    let mut l = line(
                         status.as_str(),
                         Some(recording_id.clone()),
                         reason,
                         transcript,
                         receipt,
-                    ));
+                    );
+                    if !matches!(status, Status::Joining | Status::InCallRecording) {
+                        l.transcribing = Some(BacklogInfo::new(
+                            &backlog.stats(),
+                            gauges.peak_pcm_bytes.load(Ordering::Relaxed),
+                        ));
+                    }
+                    emit(&l);
                 }
                 Output::Leave => leave.cancel(),
                 Output::FinishTranscription => {
                     for (_, mut p) in std::mem::take(&mut capture.pipelines) {
                         if let Some(u) = p.finish() {
-                            submit(u, &mut stt_tasks, &mut pending_stt);
+                            offer(
+                                u,
+                                &rec,
+                                &capture.index,
+                                &mut backlog,
+                                &mut stt_tasks,
+                                &mut task_tickets,
+                            );
                         }
                     }
                     if let Some(Err(e)) = rec.as_mut().map(|r| r.flush()) {
                         warn!(error = %e, "Could not seal the last recording chunk.");
                     }
                     draining = true;
-                    if pending_stt == 0 {
+                    if backlog.is_idle() {
                         inputs.push(drained(stt_ok, stt_failed, &last_stt_error));
                     }
                 }
                 Output::AbandonTranscription => {
-                    if pending_stt > 0 {
-                        warn!(pending = pending_stt, "Shutdown grace running out: committing without the remaining utterances.");
+                    let (n, ms) = backlog.abandon();
+                    if n > 0 {
+                        warn!(utterances = n, audio_s = ms / 1000, "Shutdown grace running out: committing without the remaining utterances.");
                         complete = false;
                     }
                     stt_tasks.abort_all();
-                    pending_stt = 0;
+                    task_tickets.clear();
+                    gauges.publish(&backlog.stats());
                     draining = false;
                     abandoned = true;
                 }
@@ -365,6 +531,12 @@ pub async fn run(
                     reason,
                 } => {
                     stt_tasks.abort_all();
+                    task_tickets.clear();
+                    let (n, _) = backlog.abandon();
+                    if n > 0 {
+                        complete = false;
+                    }
+                    gauges.publish(&backlog.stats());
                     leave.cancel();
                     // A commit still in flight after the grace ran out must not
                     // land after the receipt says "not committed".
@@ -409,13 +581,75 @@ pub async fn run(
             }
         }
 
-        let deadline = lc.poll_timeout();
+        // Send what the provider has room for, decoded again from the recording.
+        if !abandoned {
+            let now = Instant::now();
+            while let Some((ticket, r)) = backlog.poll_dispatch(now) {
+                let read = match rec.as_mut() {
+                    Some(rc) => rc.read_packets(
+                        &r.participant,
+                        r.first_chunk,
+                        r.last_chunk,
+                        r.start_ms.saturating_sub(WARMUP_MS),
+                        r.end_ms,
+                    ),
+                    None => break,
+                };
+                match read {
+                    Ok(run) => spawn(
+                        ticket,
+                        SttAudio::Packets(run, r),
+                        &mut stt_tasks,
+                        &mut task_tickets,
+                    ),
+                    Err(e) => {
+                        error!(error = %e, "Cannot read an utterance back from the recording.");
+                        backlog.finished(now, ticket, Finish::Failed);
+                        stt_failed += 1;
+                        complete = false;
+                        last_stt_error = Some(format!("reading the recording: {e}"));
+                        gaps.push(GapDoc {
+                            start_ms: r.start_ms,
+                            end_ms: r.end_ms,
+                            speaker_id: Some(r.participant.0.clone()),
+                            kind: "transcription_failed".into(),
+                        });
+                        if draining && backlog.is_idle() {
+                            inputs.push(drained(stt_ok, stt_failed, &last_stt_error));
+                        }
+                    }
+                }
+            }
+            match backlog.poll_report(now) {
+                Some(Report::Lagging(s)) => warn!(
+                    queued = s.queued,
+                    queued_audio_s = s.queued_audio_ms / 1000,
+                    in_flight = s.in_flight,
+                    requeued = s.requeued,
+                    "Transcription is lagging: utterances wait in the recording for the STT provider."
+                ),
+                Some(Report::CaughtUp(s)) => info!(
+                    peak_queued = s.peak_queued,
+                    peak_queued_audio_s = s.peak_queued_audio_ms / 1000,
+                    "Transcription caught up."
+                ),
+                None => {}
+            }
+            gauges.publish(&backlog.stats());
+        }
+        if !inputs.is_empty() {
+            continue 'run;
+        }
+        let deadline = match (lc.poll_timeout(), backlog.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         tokio::select! {
             ev = ev_rx.recv(), if !ev_closed => match ev {
                 Some(ev) => {
                     let mut utts = Vec::new();
                     capture.on_event(ev, lc.is_capturing(), &mut rec, &mut inputs, &mut utts);
-                    for u in utts { submit(u, &mut stt_tasks, &mut pending_stt); }
+                    for u in utts { offer(u, &rec, &capture.index, &mut backlog, &mut stt_tasks, &mut task_tickets); }
                 }
                 None => {
                     // Sender dropped: the platform task is finishing; its result arrives below.
@@ -428,7 +662,7 @@ pub async fn run(
                 while let Ok(ev) = ev_rx.try_recv() {
                     let mut utts = Vec::new();
                     capture.on_event(ev, lc.is_capturing(), &mut rec, &mut inputs, &mut utts);
-                    for u in utts { submit(u, &mut stt_tasks, &mut pending_stt); }
+                    for u in utts { offer(u, &rec, &capture.index, &mut backlog, &mut stt_tasks, &mut task_tickets); }
                 }
                 match res {
                     Ok(Ok(())) => {
@@ -446,19 +680,30 @@ pub async fn run(
                 inputs.push(Input::StopRequested);
             },
             Some(r) = stt_rx.recv(), if !abandoned => {
-                pending_stt = pending_stt.saturating_sub(1);
+                let how = match &r.result {
+                    Ok(_) => Finish::Done,
+                    Err(SttError::Transient(_)) => Finish::Retry,
+                    Err(SttError::Permanent(_)) => Finish::Failed,
+                };
+                let Some(u) = backlog.finished(Instant::now(), r.ticket, how) else { continue };
                 match r.result {
+                    Err(SttError::Transient(e)) => {
+                        // Not a gap: the audio is in the recording and the
+                        // utterance is requeued, to go again after a hold-off.
+                        warn!(error = %e, start_ms = u.start_ms, end_ms = u.end_ms, "Transcription failed after retries; requeued.");
+                        last_stt_error = Some(e);
+                    }
                     Ok(segs) => {
                         stt_ok += 1;
                         stt_failed_in_a_row = 0;
-                        let span = r.end_ms.saturating_sub(r.start_ms);
+                        let span = u.end_ms.saturating_sub(u.start_ms);
                         for s in segs {
                             let text = s.text.trim().to_string();
                             if text.is_empty() { continue; }
-                            let start = r.start_ms + s.start_ms.min(span);
-                            let end = (r.start_ms + s.end_ms.min(span)).max(start);
-                            let name = capture.names.get(&r.participant).map(|n| n.expose().clone()).unwrap_or_else(|| r.participant.0.clone());
-                            segments.push(SegmentDoc { speaker: name, speaker_id: r.participant.0.clone(), start_ms: start, end_ms: end, text });
+                            let start = u.start_ms + s.start_ms.min(span);
+                            let end = (u.start_ms + s.end_ms.min(span)).max(start);
+                            let name = capture.names.get(&u.participant).map(|n| n.expose().clone()).unwrap_or_else(|| u.participant.0.clone());
+                            segments.push(SegmentDoc { speaker: name, speaker_id: u.participant.0.clone(), start_ms: start, end_ms: end, text });
                         }
                     }
                     Err(e) => {
@@ -467,8 +712,8 @@ pub async fn run(
                         stt_failed += 1;
                         stt_failed_in_a_row += 1;
                         complete = false;
-                        warn!(error = %e, start_ms = r.start_ms, end_ms = r.end_ms, "Transcription of an utterance failed after retries.");
-                        gaps.push(GapDoc { start_ms: r.start_ms, end_ms: r.end_ms, speaker_id: Some(r.participant.0.clone()), kind: "transcription_failed".into() });
+                        warn!(error = %e, start_ms = u.start_ms, end_ms = u.end_ms, "Transcription of an utterance failed.");
+                        gaps.push(GapDoc { start_ms: u.start_ms, end_ms: u.end_ms, speaker_id: Some(u.participant.0.clone()), kind: "transcription_failed".into() });
                         last_stt_error = Some(e.to_string());
                         if stt_failed_in_a_row >= MAX_STT_FAILURES_IN_A_ROW {
                             error!("Transcription keeps failing: giving up.");
@@ -476,21 +721,27 @@ pub async fn run(
                         }
                     }
                 }
-                if draining && pending_stt == 0 {
+                if draining && backlog.is_idle() {
                     inputs.push(drained(stt_ok, stt_failed, &last_stt_error));
                 }
             },
-            Some(joined) = stt_tasks.join_next(), if !stt_tasks.is_empty() => {
+            Some(joined) = stt_tasks.join_next_with_id(), if !stt_tasks.is_empty() => {
                 // Results arrive on the channel; a task that panicked sends none.
-                if let Err(e) = joined {
-                    if e.is_panic() && !abandoned {
-                        error!("A transcription task panicked.");
-                        pending_stt = pending_stt.saturating_sub(1);
-                        stt_failed += 1;
-                        complete = false;
-                        last_stt_error = Some("transcription task panicked".into());
-                        if draining && pending_stt == 0 {
-                            inputs.push(drained(stt_ok, stt_failed, &last_stt_error));
+                match joined {
+                    Ok((id, ())) => { task_tickets.remove(&id); }
+                    Err(e) => {
+                        let ticket = task_tickets.remove(&e.id());
+                        if e.is_panic() && !abandoned {
+                            error!("A transcription task panicked.");
+                            if let Some(u) = ticket.and_then(|t| backlog.finished(Instant::now(), t, Finish::Failed)) {
+                                gaps.push(GapDoc { start_ms: u.start_ms, end_ms: u.end_ms, speaker_id: Some(u.participant.0.clone()), kind: "transcription_failed".into() });
+                            }
+                            stt_failed += 1;
+                            complete = false;
+                            last_stt_error = Some("transcription task panicked".into());
+                            if draining && backlog.is_idle() {
+                                inputs.push(drained(stt_ok, stt_failed, &last_stt_error));
+                            }
                         }
                     }
                 }
@@ -511,6 +762,8 @@ pub async fn run(
                 }
             },
             _ = sleep_until(deadline) => {
+                // Also wakes for the end of a backlog hold-off; the lifecycle
+                // acts only on its own deadlines.
                 lc.handle_timeout(Instant::now());
             },
         }
@@ -558,6 +811,8 @@ struct Capture {
     rejoin_gaps: Vec<GapDoc>,
     /// An interruption in progress: where it began on the meeting clock, and when.
     interrupted: Option<(u64, Instant)>,
+    /// Where each participant's audio is in the recording.
+    index: AudioIndex,
 }
 
 /// How often audio activity is reported to the lifecycle.
@@ -574,6 +829,7 @@ impl Capture {
             speech_since_report: false,
             rejoin_gaps: Vec::new(),
             interrupted: None,
+            index: AudioIndex::default(),
         }
     }
 
@@ -632,6 +888,7 @@ impl Capture {
                     });
                     return;
                 }
+                self.index.note(&id, packet.at_ms, rec.write_position());
                 let p = match self.pipelines.entry(id.clone()) {
                     std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
                     std::collections::btree_map::Entry::Vacant(v) => {
@@ -824,7 +1081,7 @@ mod tests {
     use crate::platform::{EndReason, PlatformError};
     use crate::recording::EphemeralKeys;
     use crate::store::local::LocalDirStore;
-    use crate::stt::{SttError, SttSegment};
+    use crate::stt::SttSegment;
     use async_trait::async_trait;
 
     /// Says how long each utterance is; never fails.
@@ -940,6 +1197,8 @@ mod tests {
             lifecycle: LifecycleConfig::default(),
             retry: RetryPolicy::default(),
             stt_concurrency: 1,
+            stt_inflight_budget_bytes: crate::core::backlog::DEFAULT_INFLIGHT_BUDGET_BYTES,
+            gauges: Arc::new(BacklogGauges::default()),
         };
         let req = JoinRequest {
             tenant: "acme".into(),
@@ -998,6 +1257,8 @@ mod tests {
             lifecycle: LifecycleConfig::default(),
             retry: RetryPolicy::default(),
             stt_concurrency: 1,
+            stt_inflight_budget_bytes: 1 << 20,
+            gauges: Arc::new(BacklogGauges::default()),
         };
         let req = JoinRequest {
             tenant: "acme".into(),
@@ -1117,5 +1378,239 @@ mod tests {
         assert_eq!(entry.seq, 1);
         drop(rec);
         assert_eq!(receipts_for(&d.join("audit.jsonl"), &id).len(), 1);
+    }
+
+    /// Hangs (every attempt times out) until the meeting's last event was
+    /// delivered and at least `hung_calls` attempts hung, then says how long
+    /// each utterance is; records the loudness of what it was given.
+    struct HangsThenAnswers {
+        meeting_over: Arc<std::sync::atomic::AtomicBool>,
+        hung_calls: u64,
+        calls: std::sync::atomic::AtomicU64,
+        rms: std::sync::Mutex<Vec<f64>>,
+    }
+
+    /// Plays a script, then raises a flag.
+    struct FlagWhenDone(Scripted, Arc<std::sync::atomic::AtomicBool>);
+
+    #[async_trait]
+    impl MeetingPlatform for FlagWhenDone {
+        async fn run(
+            self: Box<Self>,
+            events: mpsc::Sender<PlatformEvent>,
+            leave: CancellationToken,
+        ) -> Result<(), PlatformError> {
+            let r = Box::new(self.0).run(events, leave).await;
+            self.1.store(true, Ordering::SeqCst);
+            r
+        }
+    }
+
+    #[async_trait]
+    impl SttProvider for HangsThenAnswers {
+        fn name(&self) -> &str {
+            "hangs-then-answers"
+        }
+        fn model(&self) -> &str {
+            "none"
+        }
+        async fn transcribe(&self, samples: Arc<[f32]>) -> Result<Vec<SttSegment>, SttError> {
+            let call = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+            if call <= self.hung_calls || !self.meeting_over.load(Ordering::SeqCst) {
+                std::future::pending::<()>().await;
+            }
+            let sq: f64 = samples.iter().map(|x| f64::from(*x).powi(2)).sum();
+            self.rms
+                .lock()
+                .expect("test mutex")
+                .push((sq / samples.len().max(1) as f64).sqrt());
+            let ms = samples.len() as u64 / 16;
+            Ok(vec![SttSegment {
+                start_ms: 0,
+                end_ms: ms,
+                text: format!("{ms} ms"),
+            }])
+        }
+    }
+
+    /// A provider that hangs (far longer than its retry budget: until the
+    /// whole meeting has been captured) while four speakers produce a dozen
+    /// utterances: nothing
+    /// is dropped (every utterance the VAD cut is in the transcript, complete,
+    /// with the right span and real audio, decoded back from the spilled
+    /// recording), and the plaintext PCM held for STT never exceeds the
+    /// in-flight budget — it does not grow with the number of waiting
+    /// utterances.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hung_provider_delays_the_transcript_without_holding_its_audio_or_losing_words() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        let sentences = [
+            "Good morning everyone, let us begin the review.",
+            "The budget for the next quarter is still open.",
+            "We should ship the release on Thursday afternoon.",
+        ];
+        let speech: Vec<Vec<f32>> = sentences
+            .iter()
+            .enumerate()
+            .map(|(i, t)| crate::core::vad::testutil::espeak_48k(d, &format!("s{i}"), t))
+            .collect();
+        // Four speakers take turns, three sentences each, a second of silence
+        // between turns; each speaker's stream runs (silent) the whole meeting.
+        let speakers = 4usize;
+        let turn_ms = |k: usize| -> u64 { 500 + k as u64 * 4_500 };
+        let turns = speakers * 3;
+        let total_ms = turn_ms(turns) + 2_000;
+        let mut all: Vec<(ParticipantId, OpusPacket)> = Vec::new();
+        let mut expected = Vec::new();
+        for sp in 0..speakers {
+            let id = ParticipantId(format!("feed{sp}"));
+            let mut audio = vec![0.0f32; (total_ms * 48) as usize];
+            for k in (sp..turns).step_by(speakers) {
+                let s = &speech[k / speakers];
+                let at = (turn_ms(k) * 48) as usize;
+                audio[at..at + s.len()].copy_from_slice(s);
+            }
+            let packets = encode(&audio, 0, (sp * 1000) as u16);
+            // What the live pipeline cuts: the utterances the transcript must hold.
+            let mut p =
+                ParticipantPipeline::new(id.clone(), &VadConfig::default()).expect("pipeline");
+            for pk in &packets {
+                expected.extend(
+                    p.push(pk)
+                        .into_iter()
+                        .map(|u| (u.participant.0, u.start_ms, u.end_ms)),
+                );
+            }
+            expected.extend(p.finish().map(|u| (u.participant.0, u.start_ms, u.end_ms)));
+            all.extend(packets.into_iter().map(|pk| (id.clone(), pk)));
+        }
+        all.sort_by_key(|(_, pk)| pk.at_ms);
+        expected.sort_by_key(|(_, s, _)| *s);
+        assert!(expected.len() >= turns, "{expected:?}");
+        let total_pcm: u64 = expected.iter().map(|(_, s, e)| (e - s) * 64).sum();
+        let longest: u64 = expected
+            .iter()
+            .map(|(_, s, e)| (e - s) * 64)
+            .max()
+            .unwrap_or(0);
+
+        let mut script = vec![(0, PlatformEvent::Admitted)];
+        for sp in 0..speakers {
+            script.push((
+                0,
+                PlatformEvent::ParticipantJoined {
+                    id: ParticipantId(format!("feed{sp}")),
+                    name: Pii::new(format!("Speaker {sp}")),
+                },
+            ));
+        }
+        script.extend(
+            all.into_iter()
+                .map(|(id, packet)| (0, PlatformEvent::Audio { id, packet })),
+        );
+        script.push((
+            0,
+            PlatformEvent::Ended {
+                reason: EndReason::ReplayFinished,
+            },
+        ));
+
+        let meeting_over = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let provider = Arc::new(HangsThenAnswers {
+            meeting_over: meeting_over.clone(),
+            hung_calls: 4,
+            calls: Default::default(),
+            rms: Default::default(),
+        });
+        // Room for the longest utterance and a bit: far less than all of them.
+        let budget = longest + longest / 2;
+        assert!(
+            budget * 3 < total_pcm,
+            "the test needs a backlog: {budget} vs {total_pcm}"
+        );
+        let gauges = Arc::new(BacklogGauges::default());
+        let mut recording = RecordingConfig::new(d.join("spool"));
+        // Spill nearly everything: utterances are read back from the spool.
+        recording.memory_budget_bytes = 4096;
+        recording.chunk_bytes = 4096;
+        let comps = Components {
+            keys: Arc::new(EphemeralKeys),
+            stt: provider.clone(),
+            store: Arc::new(LocalDirStore::new(d.join("t"))),
+            audit: Arc::new(AuditLog::open(d.join("audit.jsonl")).expect("audit")),
+            recording,
+            vad: VadConfig::default(),
+            lifecycle: LifecycleConfig::default(),
+            retry: RetryPolicy {
+                attempts: 2,
+                attempt_timeout: std::time::Duration::from_millis(300),
+                initial_backoff: std::time::Duration::from_millis(50),
+                max_backoff: std::time::Duration::from_millis(100),
+            },
+            stt_concurrency: 2,
+            stt_inflight_budget_bytes: budget,
+            gauges: gauges.clone(),
+        };
+        let req = JoinRequest {
+            tenant: "acme".into(),
+            meeting_id: "m1".into(),
+            bot_name: "bot".into(),
+            language: "en".into(),
+        };
+        let (_stop_tx, stop_rx) = mpsc::channel(1);
+        let mut lines = Vec::new();
+        let platform = FlagWhenDone(Scripted(script), meeting_over);
+        let outcome = run(req, comps, Box::new(platform), stop_rx, &mut |l| {
+            lines.push(serde_json::to_value(l).expect("json"))
+        })
+        .await;
+        assert!(outcome.success, "{lines:#?}");
+        let doc: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(d.join("t/acme/m1.json")).expect("transcript"))
+                .expect("json");
+        assert_eq!(doc["complete"], true, "{doc:#}");
+        assert_eq!(doc["gaps"].as_array().map(Vec::len), Some(0), "{doc:#}");
+        let segs = doc["segments"].as_array().expect("segments");
+        let got: Vec<(String, u64, u64)> = segs
+            .iter()
+            .map(|s| {
+                (
+                    s["speaker_id"].as_str().unwrap_or_default().to_string(),
+                    s["start_ms"].as_u64().unwrap_or(0),
+                    s["end_ms"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect();
+        assert_eq!(got.len(), expected.len(), "{got:?} vs {expected:?}");
+        for ((gp, gs, ge), (ep, es, ee)) in got.iter().zip(&expected) {
+            assert_eq!((gp, gs), (ep, es), "{got:?} vs {expected:?}");
+            assert!(ge.abs_diff(*ee) <= 20, "{got:?} vs {expected:?}");
+        }
+        // Real speech reached the provider, not silence.
+        let rms = provider.rms.lock().expect("test mutex").clone();
+        assert_eq!(rms.len(), expected.len());
+        assert!(rms.iter().all(|r| *r > 0.01), "{rms:?}");
+        // The outage was seen and waited out by requeueing, not by holding audio.
+        let last = lines.last().expect("final line");
+        assert_eq!(last["status"], "done");
+        let t = &last["transcribing"];
+        assert_eq!(t["queued"], 0, "{last:#}");
+        assert!(t["requeued"].as_u64() > Some(0), "{last:#}");
+        assert!(
+            t["peak_queued"].as_u64() >= Some(expected.len() as u64 / 2),
+            "{last:#}"
+        );
+        assert!(
+            t["from_recording"].as_u64() >= Some(expected.len() as u64 / 2),
+            "{last:#}"
+        );
+        let peak = gauges.peak_pcm_bytes.load(Ordering::Relaxed);
+        assert!(peak > 0);
+        assert!(peak <= budget + 2 * 64, "peak {peak} over budget {budget}");
+        assert_eq!(t["peak_inflight_pcm_bytes"], peak);
+        assert_eq!(gauges.pcm_bytes.load(Ordering::Relaxed), 0, "all wiped");
+        let calls = provider.calls.load(Ordering::SeqCst);
+        assert!(calls >= expected.len() as u64 + 4, "{calls} calls");
     }
 }

@@ -227,6 +227,7 @@ pub async fn join(mut cfg: Config, args: JoinArgs) -> i32 {
             reason: Some(reason),
             transcript: None,
             receipt: None,
+            transcribing: None,
         });
         code
     };
@@ -338,6 +339,8 @@ pub fn prepare(
             max_backoff: cfg.stt.max_backoff,
         },
         stt_concurrency: cfg.stt.concurrency,
+        stt_inflight_budget_bytes: cfg.stt.inflight_budget_kib * 1024,
+        gauges: Arc::new(bot::BacklogGauges::default()),
     })
 }
 

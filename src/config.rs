@@ -187,6 +187,8 @@ pub struct SttConfig {
     pub max_backoff: Duration,
     /// Utterances transcribed at once.
     pub concurrency: usize,
+    /// Cap on decoded PCM in flight to the provider, KiB.
+    pub inflight_budget_kib: u64,
 }
 
 /// `[lifecycle]`
@@ -624,6 +626,12 @@ impl Config {
         }
         if self.stt.concurrency == 0 || self.stt.concurrency > 64 {
             return bad("stt.concurrency", "must be between 1 and 64");
+        }
+        if !(64..=1024 * 1024).contains(&self.stt.inflight_budget_kib) {
+            return bad(
+                "stt.inflight_budget_kib",
+                "must be between 64 and 1048576 (1 GiB)",
+            );
         }
         if self.stt.language.len() != 2
             || !self.stt.language.chars().all(|c| c.is_ascii_lowercase())

@@ -32,6 +32,49 @@ pub struct StatusLine {
     /// The deletion receipt (from `recording_deleted` on).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub receipt: Option<ReceiptInfo>,
+    /// The transcription backlog (from `call_ended` on).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transcribing: Option<BacklogInfo>,
+}
+
+/// The transcription backlog when a line is written: what is still waiting
+/// for the STT provider, and the most that ever waited.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct BacklogInfo {
+    /// Utterances waiting (kept by reference in the recording).
+    pub queued: u64,
+    /// Audio waiting, seconds.
+    pub queued_audio_s: f64,
+    /// Utterances at the provider.
+    pub in_flight: u64,
+    /// Most utterances that waited at once.
+    pub peak_queued: u64,
+    /// Most audio that waited at once, seconds.
+    pub peak_queued_audio_s: f64,
+    /// Utterances requeued after the provider failed transiently.
+    pub requeued: u64,
+    /// Utterances decoded again from the recording (they had to wait).
+    pub from_recording: u64,
+    /// Most plaintext PCM held for STT at once, bytes (bounded by
+    /// `stt.inflight_budget_kib`, or one utterance if that is longer).
+    pub peak_inflight_pcm_bytes: u64,
+}
+
+impl BacklogInfo {
+    /// From the backlog's figures and the metered PCM peak.
+    pub fn new(s: &crate::core::backlog::BacklogStats, peak_pcm_bytes: u64) -> Self {
+        let secs = |ms: u64| ms as f64 / 1000.0;
+        BacklogInfo {
+            queued: s.queued,
+            queued_audio_s: secs(s.queued_audio_ms),
+            in_flight: s.in_flight,
+            peak_queued: s.peak_queued,
+            peak_queued_audio_s: secs(s.peak_queued_audio_ms),
+            requeued: s.requeued,
+            from_recording: s.from_recording,
+            peak_inflight_pcm_bytes: peak_pcm_bytes,
+        }
+    }
 }
 
 /// Where the transcript went.

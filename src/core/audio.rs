@@ -114,6 +114,55 @@ pub struct ParticipantPipeline {
     /// Duration of the last decoded packet, 48 kHz samples.
     last_duration: usize,
     stats: PipelineStats,
+    /// Decode-only mode ([`decode_range`]): samples go here, not to the VAD.
+    collect: Option<Collect>,
+}
+
+/// Collects the decoded stream between two meeting-clock times.
+struct Collect {
+    from_ms: u64,
+    to_ms: u64,
+    /// 16 kHz samples of the stream so far.
+    pos: u64,
+    /// Capacity reserved up front: it never reallocates.
+    out: zeroize::Zeroizing<Vec<f32>>,
+}
+
+impl Collect {
+    /// The window in stream samples, once the origin is known.
+    fn window(&self, origin_ms: Option<u64>) -> (u64, u64) {
+        let origin = origin_ms.unwrap_or(0);
+        (
+            self.from_ms.saturating_sub(origin) * PER_MS_16K,
+            self.to_ms.saturating_sub(origin) * PER_MS_16K,
+        )
+    }
+
+    fn take(&mut self, samples: &[f32], origin_ms: Option<u64>) {
+        let (a, b) = self.window(origin_ms);
+        let start = self.pos;
+        let end = start + samples.len() as u64;
+        self.pos = end;
+        let (lo, hi) = (start.max(a), end.min(b));
+        if lo < hi {
+            let room = self.out.capacity() - self.out.len();
+            let slice = &samples[(lo - start) as usize..(hi - start) as usize];
+            self.out.extend_from_slice(&slice[..slice.len().min(room)]);
+        }
+    }
+
+    fn skip(&mut self, n: u64, origin_ms: Option<u64>) {
+        let (a, b) = self.window(origin_ms);
+        let start = self.pos;
+        let end = start.saturating_add(n);
+        self.pos = end;
+        let (lo, hi) = (start.max(a), end.min(b));
+        if lo < hi {
+            let room = (self.out.capacity() - self.out.len()) as u64;
+            let k = (hi - lo).min(room) as usize;
+            self.out.extend(std::iter::repeat_n(0.0, k));
+        }
+    }
 }
 
 impl std::fmt::Debug for ParticipantPipeline {
@@ -144,6 +193,7 @@ impl ParticipantPipeline {
             last_seq: 0,
             last_duration: 960,
             stats: PipelineStats::default(),
+            collect: None,
         })
     }
 
@@ -166,6 +216,21 @@ impl ParticipantPipeline {
 
     /// Takes one packet; returns the utterances it completed (usually none).
     pub fn push(&mut self, packet: &OpusPacket) -> Vec<Utterance> {
+        self.push_parts(packet.seq, packet.at_ms, &packet.payload)
+    }
+
+    /// [`ParticipantPipeline::push`] of a packet given by its parts.
+    fn push_parts(&mut self, seq: u16, at_ms: u64, payload: &[u8]) -> Vec<Utterance> {
+        struct Packet<'a> {
+            seq: u16,
+            at_ms: u64,
+            payload: &'a [u8],
+        }
+        let packet = Packet {
+            seq,
+            at_ms,
+            payload,
+        };
         match self.origin_ms {
             None => self.origin_ms = Some(packet.at_ms),
             Some(origin) => {
@@ -201,14 +266,14 @@ impl ParticipantPipeline {
                 }
                 let hole = due.saturating_sub(expected);
                 if hole > JITTER_TOLERANCE {
-                    self.fill_hole(hole, lost_packets, &packet.payload);
+                    self.fill_hole(hole, lost_packets, packet.payload);
                 } else if lost_packets {
                     trace!(participant = %self.id, seq = packet.seq, "Sequence gap without a time gap.");
                 }
             }
         }
         self.last_seq = packet.seq;
-        self.decode(&packet.payload);
+        self.decode(packet.payload);
         self.take_utterances()
     }
 
@@ -249,7 +314,7 @@ impl ParticipantPipeline {
             self.samples48 = self.samples48.saturating_add(silence);
             // Gaps are whole ms or 2.5 ms quanta, so multiples of 3 samples at
             // 48 kHz: the 16 kHz position stays exactly a third.
-            self.vad.push_gap(silence / 3, &mut self.segments);
+            self.sink_gap(silence / 3);
         }
     }
 
@@ -320,7 +385,7 @@ impl ParticipantPipeline {
             // Even concealment failed: keep the clock with silence.
             self.stats.silence_samples = self.stats.silence_samples.saturating_add(n as u64);
             self.samples48 = self.samples48.saturating_add(n as u64);
-            self.vad.push_gap(n as u64 / 3, &mut self.segments);
+            self.sink_gap(n as u64 / 3);
         }
     }
 
@@ -329,7 +394,18 @@ impl ParticipantPipeline {
         self.samples48 = self
             .samples48
             .saturating_add((n * CLOCK_PER_DECODED) as u64);
-        self.vad.push(&self.pcm16[..n], &mut self.segments);
+        match self.collect.as_mut() {
+            None => self.vad.push(&self.pcm16[..n], &mut self.segments),
+            Some(c) => c.take(&self.pcm16[..n], self.origin_ms),
+        }
+    }
+
+    /// `n` samples (16 kHz) of missing audio, to the VAD or the collector.
+    fn sink_gap(&mut self, n: u64) {
+        match self.collect.as_mut() {
+            None => self.vad.push_gap(n, &mut self.segments),
+            Some(c) => c.skip(n, self.origin_ms),
+        }
     }
 
     fn take_utterances(&mut self) -> Vec<Utterance> {
@@ -350,6 +426,38 @@ impl ParticipantPipeline {
         }
     }
 }
+
+/// Decodes `id`'s packets (`run`, read back from the recording) through the
+/// same path as the live pipeline — loss concealment, FEC, silence for holes,
+/// alignment to the meeting clock — and returns the 16 kHz samples from
+/// `start_ms` to `end_ms` (meeting clock). Packets before `start_ms` warm the
+/// decoder up; start a run a little early (the bot uses [`WARMUP_MS`]). The
+/// result is zeroized on drop and never holds more than the range.
+pub fn decode_range(
+    id: ParticipantId,
+    run: &crate::core::media::PacketRun,
+    start_ms: u64,
+    end_ms: u64,
+    vad: &VadConfig,
+) -> Result<zeroize::Zeroizing<Vec<f32>>, AudioError> {
+    let mut p = ParticipantPipeline::new(id, vad)?;
+    let len = end_ms.saturating_sub(start_ms).saturating_mul(PER_MS_16K);
+    p.collect = Some(Collect {
+        from_ms: start_ms,
+        to_ms: end_ms,
+        pos: 0,
+        out: zeroize::Zeroizing::new(Vec::with_capacity(usize::try_from(len).unwrap_or(0))),
+    });
+    for (seq, at_ms, payload) in run.iter() {
+        p.push_parts(seq, at_ms, payload);
+    }
+    zeroize::Zeroize::zeroize(&mut p.pcm16);
+    Ok(p.collect.take().map(|c| c.out).unwrap_or_default())
+}
+
+/// Audio decoded before an utterance's start when it is decoded again from
+/// the recording, so the Opus decoder's state has settled, ms.
+pub const WARMUP_MS: u64 = 500;
 
 /// Test helpers shared with other modules' tests.
 #[cfg(test)]
@@ -696,5 +804,64 @@ mod tests {
         };
         let err = ParticipantPipeline::new(ParticipantId("x".into()), &cfg).expect_err("invalid");
         assert!(err.to_string().contains("threshold_db"), "{err}");
+    }
+
+    /// An utterance decoded again from its packets (as the bot does from the
+    /// recording when it was queued) is the audio the live pipeline cut:
+    /// same span, same samples once the decoder has warmed up.
+    #[test]
+    fn decode_range_reproduces_the_live_utterance() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (audio, _, _) = clip(dir.path());
+        // Start mid-meeting, with a short loss in the middle (concealed the same way).
+        let mut packets = encode(&audio, 7_000, 40_000);
+        packets.remove(packets.len() / 2);
+        let id = ParticipantId("p".into());
+        let mut p = ParticipantPipeline::new(id.clone(), &VadConfig::default()).expect("pipeline");
+        let mut utts = run(&mut p, &packets);
+        utts.extend(p.finish());
+        assert_eq!(utts.len(), 1, "{utts:?}");
+        let u = &utts[0];
+        let mut r = crate::core::media::PacketRun::default();
+        for pk in packets
+            .iter()
+            .filter(|pk| pk.at_ms + WARMUP_MS >= u.start_ms && pk.at_ms <= u.end_ms)
+        {
+            r.push(pk.seq, pk.at_ms, &pk.payload);
+        }
+        let again =
+            decode_range(id, &r, u.start_ms, u.end_ms, &VadConfig::default()).expect("decode");
+        let want = (u.end_ms - u.start_ms) as usize * 16;
+        assert!(
+            again.len().abs_diff(want) <= 16,
+            "{} vs {want}",
+            again.len()
+        );
+        assert!(
+            u.samples.len().abs_diff(want) <= 16,
+            "{} vs {want}",
+            u.samples.len()
+        );
+        let n = again.len().min(u.samples.len());
+        let energy: f64 = u.samples[..n].iter().map(|x| f64::from(*x).powi(2)).sum();
+        let diff: f64 = u.samples[..n]
+            .iter()
+            .zip(again.iter())
+            .map(|(a, b)| f64::from(a - b).powi(2))
+            .sum();
+        // Sub-ms offsets from the ms-rounded range and the warm-up are allowed;
+        // a different stretch of audio would be of the order of the energy itself.
+        assert!(diff < energy * 0.02, "diff {diff} energy {energy}");
+        // Nothing before the first packet: decoding from a later start gives
+        // the range with silence where there was no audio.
+        let empty = decode_range(
+            ParticipantId("p".into()),
+            &Default::default(),
+            0,
+            1000,
+            &VadConfig::default(),
+        )
+        .expect("decode");
+        assert!(empty.is_empty());
     }
 }

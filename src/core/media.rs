@@ -58,3 +58,50 @@ impl fmt::Debug for Utterance {
             .finish()
     }
 }
+
+/// One participant's Opus packets for a stretch of the meeting, read back from
+/// the recording: payloads back to back in one zeroizing buffer.
+#[derive(Default)]
+pub struct PacketRun {
+    /// `(seq, at_ms, offset, len)` of each packet in `payloads`, in recording order.
+    pub packets: Vec<(u16, u64, usize, usize)>,
+    /// The payloads. Plaintext audio: zeroized on drop.
+    pub payloads: zeroize::Zeroizing<Vec<u8>>,
+}
+
+impl PacketRun {
+    /// Appends one packet.
+    pub fn push(&mut self, seq: u16, at_ms: u64, payload: &[u8]) {
+        let need = self.payloads.len() + payload.len();
+        if need > self.payloads.capacity() {
+            // Grow by hand so no reallocation strands a plaintext copy: the
+            // old buffer is zeroized when it drops.
+            let mut bigger = zeroize::Zeroizing::new(Vec::with_capacity(need.max(4096) * 2));
+            bigger.extend_from_slice(&self.payloads);
+            self.payloads = bigger;
+        }
+        self.packets
+            .push((seq, at_ms, self.payloads.len(), payload.len()));
+        self.payloads.extend_from_slice(payload);
+    }
+
+    /// The packets as `(seq, at_ms, payload)`.
+    pub fn iter(&self) -> impl Iterator<Item = (u16, u64, &[u8])> + '_ {
+        self.packets.iter().map(|&(seq, at, off, len)| {
+            (
+                seq,
+                at,
+                self.payloads.get(off..off + len).unwrap_or_default(),
+            )
+        })
+    }
+}
+
+impl fmt::Debug for PacketRun {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PacketRun")
+            .field("packets", &self.packets.len())
+            .field("bytes", &self.payloads.len())
+            .finish()
+    }
+}

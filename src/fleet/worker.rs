@@ -62,9 +62,55 @@ pub struct WorkerState {
     pub status: std::sync::Mutex<String>,
     /// Metrics.
     pub metrics: Metrics,
+    /// The running meeting's transcription backlog (exported with the metrics).
+    pub backlog: Arc<bot::BacklogGauges>,
 }
 
 impl WorkerState {
+    /// The metrics, with the backlog gauges read now.
+    fn render_metrics(&self) -> String {
+        use std::sync::atomic::Ordering::Relaxed;
+        let b = &self.backlog;
+        let m = &self.metrics;
+        m.set(
+            "meetbot_worker_stt_queued_utterances",
+            "Utterances waiting for the STT provider (kept as references into the encrypted recording).",
+            &[],
+            b.queued.load(Relaxed) as f64,
+        );
+        m.set(
+            "meetbot_worker_stt_queued_audio_seconds",
+            "Audio waiting for the STT provider, seconds.",
+            &[],
+            b.queued_audio_ms.load(Relaxed) as f64 / 1000.0,
+        );
+        m.set(
+            "meetbot_worker_stt_in_flight_utterances",
+            "Utterances at the STT provider.",
+            &[],
+            b.in_flight.load(Relaxed) as f64,
+        );
+        m.set(
+            "meetbot_worker_stt_inflight_pcm_bytes",
+            "Plaintext PCM held for STT now, bytes (capped by stt.inflight_budget_kib).",
+            &[],
+            b.pcm_bytes.load(Relaxed) as f64,
+        );
+        m.set(
+            "meetbot_worker_stt_inflight_pcm_peak_bytes",
+            "Most plaintext PCM held for STT at once in this meeting, bytes.",
+            &[],
+            b.peak_pcm_bytes.load(Relaxed) as f64,
+        );
+        m.set(
+            "meetbot_worker_stt_requeued_utterances",
+            "Utterances requeued in this meeting after the STT provider failed transiently.",
+            &[],
+            b.requeued.load(Relaxed) as f64,
+        );
+        m.render()
+    }
+
     fn set_status(&self, s: &str) {
         *self.status.lock().unwrap_or_else(|p| p.into_inner()) = s.to_string();
         self.metrics.set_only(
@@ -105,6 +151,7 @@ fn fatal_line(job: Option<&Job>, reason: String) -> StatusLine {
         reason: Some(reason),
         transcript: None,
         receipt: None,
+        transcribing: None,
     }
 }
 
@@ -419,7 +466,8 @@ async fn run_inner(
             None => Arc::new(LocalDirStore::new(cfg.paths.transcripts_dir())),
         };
         let keys = super::build_keys(cfg, azure.as_ref()).await?;
-        let comps = crate::cli::prepare(cfg, store, keys)?;
+        let mut comps = crate::cli::prepare(cfg, store, keys)?;
+        comps.gauges = state.backlog.clone();
         // Connect (and reconnect) only to the addresses just vetted.
         let mut settings = cfg.platform();
         // Media goes only to candidates the same policy admits (the meeting host's vetted
@@ -1127,7 +1175,7 @@ async fn serve_health(listener: tokio::net::TcpListener, state: Arc<WorkerState>
                             axum::http::header::CONTENT_TYPE,
                             super::metrics::CONTENT_TYPE,
                         )],
-                        s.metrics.render(),
+                        s.render_metrics(),
                     )
                 }
             }),

@@ -55,7 +55,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroize;
 
-use crate::core::media::{OpusPacket, ParticipantId};
+use crate::core::media::{OpusPacket, PacketRun, ParticipantId};
 use crate::secmem::{LockedBox, LockedVec};
 
 pub use intent::{
@@ -425,6 +425,10 @@ pub struct Recording {
     spool_path: PathBuf,
     spilled_chunks: u64,
     spilled_bytes: u64,
+    /// Spool file offset of each spilled chunk's frame, by chunk index.
+    spill_offsets: Vec<u64>,
+    /// A read handle on the spool file, opened on the first read-back.
+    spool_reader: Option<File>,
     next_index: u64,
     ciphertext_bytes: u64,
     manifest: Sha256,
@@ -541,6 +545,8 @@ impl Recording {
             spool: None,
             spilled_chunks: 0,
             spilled_bytes: 0,
+            spill_offsets: Vec::new(),
+            spool_reader: None,
             next_index: 0,
             ciphertext_bytes: 0,
             manifest: Sha256::new(),
@@ -619,6 +625,135 @@ impl Recording {
         }
     }
 
+    /// The index of the chunk that holds the most recently appended packet
+    /// (the unsealed one while it has data).
+    pub fn write_position(&self) -> u64 {
+        if self.plain.is_empty() {
+            self.next_index.saturating_sub(1)
+        } else {
+            self.next_index
+        }
+    }
+
+    /// `participant`'s packets with `at_ms` in `from_ms..=to_ms` from chunks
+    /// `first..=last`, in recording order: each chunk is taken from memory,
+    /// read from the spool at its offset, or (the unsealed one) from the
+    /// plaintext buffer, decrypted into a zeroizing buffer and scanned. Cost
+    /// is proportional to the chunks asked for, not to the recording.
+    pub fn read_packets(
+        &mut self,
+        participant: &ParticipantId,
+        first: u64,
+        last: u64,
+        from_ms: u64,
+        to_ms: u64,
+    ) -> Result<PacketRun, RecordingError> {
+        let mut run = PacketRun::default();
+        let wanted = participant.0.as_str();
+        let scan = |plain: &[u8], index: u64, run: &mut PacketRun| -> Result<(), RecordingError> {
+            let mut pos = 0;
+            loop {
+                match format::decode_record(plain, &mut pos) {
+                    Ok(Some(r)) => {
+                        if r.participant == wanted && (from_ms..=to_ms).contains(&r.at_ms) {
+                            run.push(r.seq, r.at_ms, r.payload);
+                        }
+                    }
+                    Ok(None) => return Ok(()),
+                    Err(problem) => {
+                        return Err(RecordingError::Corrupt {
+                            path: PathBuf::from(format!("<chunk {index}>")),
+                            offset: pos as u64,
+                            problem,
+                        })
+                    }
+                }
+            }
+        };
+        for index in first..=last.min(self.next_index) {
+            if index == self.next_index {
+                scan(&self.plain, index, &mut run)?;
+                continue;
+            }
+            let ciphertext = self.chunk_ciphertext(index)?;
+            let Some(body_len) = ciphertext.len().checked_sub(format::TAG_LEN) else {
+                return Err(RecordingError::Decrypt { index });
+            };
+            let (body, tag) = ciphertext.split_at(body_len);
+            // Plaintext only in locked, wiped memory, as in replay.
+            let mut buf: LockedVec<u8> = LockedVec::with_capacity(body.len());
+            buf.extend_from_slice(body);
+            self.live_cipher()?
+                .decrypt_in_place_detached(
+                    Nonce::from_slice(&format::nonce_for(index)),
+                    &format::aad_for(&self.id, index),
+                    &mut buf[..],
+                    aes_gcm::Tag::from_slice(tag),
+                )
+                .map_err(|_| RecordingError::Decrypt { index })?;
+            scan(&buf, index, &mut run)?;
+        }
+        Ok(run)
+    }
+
+    /// A sealed chunk's ciphertext, from memory or the spool.
+    fn chunk_ciphertext(&mut self, index: u64) -> Result<Vec<u8>, RecordingError> {
+        if let Some(front) = self.memory.front() {
+            if index >= front.index {
+                let i = usize::try_from(index - front.index).unwrap_or(usize::MAX);
+                return match self.memory.get(i) {
+                    Some(c) if c.index == index => Ok(c.ciphertext.clone()),
+                    _ => Err(RecordingError::Corrupt {
+                        path: PathBuf::from("<memory>"),
+                        offset: 0,
+                        problem: format!("chunk {index} is not where it should be"),
+                    }),
+                };
+            }
+        }
+        let offset = usize::try_from(index)
+            .ok()
+            .and_then(|i| self.spill_offsets.get(i).copied())
+            .ok_or_else(|| RecordingError::Corrupt {
+                path: self.spool_path.clone(),
+                offset: 0,
+                problem: format!("chunk {index} was never spilled"),
+            })?;
+        use std::os::unix::fs::FileExt;
+        if self.spool_reader.is_none() {
+            let f = OpenOptions::new()
+                .read(true)
+                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                .open(&self.spool_path)
+                .map_err(io_err(&self.spool_path, "open"))?;
+            self.spool_reader = Some(f);
+        }
+        let Some(file) = self.spool_reader.as_ref() else {
+            return Err(io_err(&self.spool_path, "open")(io::Error::from(
+                io::ErrorKind::NotFound,
+            )));
+        };
+        let corrupt = |problem: String| RecordingError::Corrupt {
+            path: self.spool_path.clone(),
+            offset,
+            problem,
+        };
+        let mut raw = [0u8; format::FRAME_HEADER_LEN];
+        file.read_exact_at(&mut raw, offset)
+            .map_err(io_err(&self.spool_path, "read"))?;
+        let header = format::parse_frame_header(&raw).map_err(corrupt)?;
+        if header.index != index || header.nonce != format::nonce_for(index) {
+            return Err(corrupt(format!(
+                "frame at this offset is chunk {}, not {index}",
+                header.index
+            )));
+        }
+        let mut ciphertext = vec![0u8; header.len];
+        file.read_exact_at(&mut ciphertext, offset + format::FRAME_HEADER_LEN as u64)
+            .map_err(io_err(&self.spool_path, "read"))?;
+        Ok(ciphertext)
+    }
+
     /// Every recorded packet in order: spilled chunks from disk, then those in
     /// memory. Seals the partial chunk first (without spilling, so it works on
     /// a full spool). For replay after an STT reconnect.
@@ -687,6 +822,7 @@ impl Recording {
         self.memory.clear();
         self.memory_bytes = 0;
         self.spool = None;
+        self.spool_reader = None;
     }
 
     fn live_cipher(&self) -> Result<&Aes256Gcm, RecordingError> {
@@ -779,6 +915,7 @@ impl Recording {
             tracing::warn!(recording_id = %self.id, error = %e, "Spill to the spool failed.");
             return Err(spill_err(&self.spool_path, e));
         }
+        self.spill_offsets.push(self.spilled_bytes);
         self.spilled_bytes += frame.len() as u64;
         self.spilled_chunks += 1;
         if let Some(chunk) = self.memory.pop_front() {

@@ -21,6 +21,15 @@ use super::wav::encode_wav;
 use super::{SttError, SttProvider, SttSegment};
 use crate::pii::Secret;
 
+/// WAV bytes (plaintext audio) that are zeroized when the last reference goes.
+struct ZeroizingBytes(zeroize::Zeroizing<Vec<u8>>);
+
+impl AsRef<[u8]> for ZeroizingBytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 /// Largest response body read from the server; larger answers are refused.
 const MAX_RESPONSE_BYTES: usize = 4 << 20;
 /// Longest server error message quoted in an [`SttError`].
@@ -163,7 +172,11 @@ impl OpenAiProvider {
     }
 
     fn form(&self, wav: Vec<u8>) -> Result<Form, SttError> {
-        let file = Part::bytes(wav)
+        // The body owns the WAV bytes and wipes them when the request is done
+        // with them (copies in the HTTP and TLS layers' own buffers are not ours).
+        let len = wav.len() as u64;
+        let wav = bytes::Bytes::from_owner(ZeroizingBytes(zeroize::Zeroizing::new(wav)));
+        let file = Part::stream_with_length(reqwest::Body::from(wav), len)
             .file_name("utterance.wav")
             .mime_str("audio/wav")
             .map_err(|e| SttError::Permanent(format!("cannot build the upload: {e}")))?;

@@ -50,6 +50,10 @@ impl RetryPolicy {
 /// Transcribes with `provider`, retrying [`SttError::Transient`] failures and
 /// attempt timeouts up to `policy.attempts` times; [`SttError::Permanent`]
 /// failures return at once. The last error names how many attempts were made.
+///
+/// The orchestrator does not drop an utterance whose attempts all failed
+/// transiently: it requeues it in the [`crate::core::backlog::Backlog`], which
+/// holds off and tries again until the lifecycle's deadlines end the wait.
 pub async fn transcribe_with_retry(
     provider: &dyn SttProvider,
     samples: Arc<[f32]>,
