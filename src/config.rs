@@ -64,6 +64,8 @@ pub struct Config {
     pub webhooks: WebhooksSection,
     /// `[urls]`
     pub urls: UrlsSection,
+    /// `[audit]`
+    pub audit: AuditSection,
     /// `[log]`
     pub log: LogConfig,
 }
@@ -439,6 +441,27 @@ pub struct WebhooksSection {
     pub outbox_queue: String,
 }
 
+/// Whether fleet-mode receipt chains carry a MAC (`audit.mac`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditMac {
+    /// HMAC-SHA256 under a per-tenant key wrapped by the `[keys]` provider.
+    Keys,
+    /// No MAC.
+    None,
+}
+
+/// `[audit]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSection {
+    /// How long an append waits for another process's lock on paths.audit_log.
+    #[serde(with = "humantime_serde")]
+    pub lock_timeout: Duration,
+    /// `keys` or `none`.
+    pub mac: AuditMac,
+}
+
 /// `[urls]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -581,6 +604,9 @@ impl Config {
         }
         if !(1..=1024).contains(&self.recording.chunk_kib) {
             return bad("recording.chunk_kib", "must be between 1 and 1024");
+        }
+        if self.audit.lock_timeout > Duration::from_secs(3600) {
+            return bad("audit.lock_timeout", "must be at most 1h");
         }
         if self.recording.max_age < Duration::from_secs(1) {
             return bad("recording.max_age", "must be at least 1s");

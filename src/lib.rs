@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod audit_chain;
 pub mod azure;
 pub mod bench;
 pub mod benchcmd;
