@@ -224,14 +224,13 @@ impl ChainHead {
 pub type Problem = String;
 
 /// Parses and checks an entry blob on its own: JSON, seq matches `seq`
-/// (from its name), kind, hash, receipt tenant, and the MAC when `key` is
-/// given (`require_mac`: a missing MAC is a problem too).
+/// (from its name), kind, hash, receipt tenant, and, when `key` is given,
+/// its MAC (a missing MAC is a problem too: with a key, MACs are required).
 pub fn check_entry(
     tenant: &str,
     seq: u64,
     bytes: &[u8],
     key: Option<&MacKey>,
-    require_mac: bool,
 ) -> Result<ChainEntry, Problem> {
     if bytes.len() > MAX_BLOB_BYTES {
         return Err(format!("larger than {MAX_BLOB_BYTES} bytes"));
@@ -267,47 +266,37 @@ pub fn check_entry(
         ));
     }
     match (key, &e.mac) {
-        (Some(k), Some(mac)) => {
+        (Some(k), Some(mac))
             if e.mac_alg.as_deref() != Some(MAC_ALG)
-                || !k.check(mac, &k.entry_mac(tenant, e.seq, &e.hash))
-            {
-                return Err(
-                    "MAC mismatch: not written with this tenant's audit key (entry forged or rewritten)"
-                        .into(),
-                );
-            }
+                || !k.check(mac, &k.entry_mac(tenant, e.seq, &e.hash)) =>
+        {
+            Err(
+                "MAC mismatch: not written with this tenant's audit key (entry forged or rewritten)"
+                    .into(),
+            )
         }
-        (Some(_), None) if require_mac => {
-            return Err("no MAC, but this chain requires one (entry forged or rewritten)".into())
+        (Some(_), None) => {
+            Err("no MAC, but this chain requires one (entry forged or rewritten)".into())
         }
-        _ => {}
+        _ => Ok(e),
     }
-    Ok(e)
 }
 
-/// Parses and checks the head blob.
-pub fn check_head(
-    tenant: &str,
-    bytes: &[u8],
-    key: Option<&MacKey>,
-    require_mac: bool,
-) -> Result<ChainHead, Problem> {
+/// Parses and checks the head blob (its MAC when `key` is given).
+pub fn check_head(tenant: &str, bytes: &[u8], key: Option<&MacKey>) -> Result<ChainHead, Problem> {
     if bytes.len() > MAX_BLOB_BYTES {
         return Err(format!("larger than {MAX_BLOB_BYTES} bytes"));
     }
     let h: ChainHead = serde_json::from_slice(bytes).map_err(|e| format!("bad JSON: {e}"))?;
     match (key, &h.mac) {
-        (Some(k), Some(mac)) => {
-            if !k.check(mac, &k.head_mac(tenant, h.seq, &h.hash)) {
-                return Err("MAC mismatch (head forged or rewritten)".into());
-            }
+        (Some(k), Some(mac)) if !k.check(mac, &k.head_mac(tenant, h.seq, &h.hash)) => {
+            Err("MAC mismatch (head forged or rewritten)".into())
         }
-        (Some(_), None) if require_mac => {
-            return Err("no MAC, but this chain requires one (head forged or rewritten)".into())
+        (Some(_), None) => {
+            Err("no MAC, but this chain requires one (head forged or rewritten)".into())
         }
-        _ => {}
+        _ => Ok(h),
     }
-    Ok(h)
 }
 
 /// What a successful [`verify_chain`] found.
@@ -386,8 +375,7 @@ pub fn verify_chain(
                 format!("missing: the next entry is {seq} (a receipt was deleted)"),
             ));
         }
-        let e =
-            check_entry(tenant, *seq, body, key, true).map_err(|p| fail(name, Some(*seq), p))?;
+        let e = check_entry(tenant, *seq, body, key).map_err(|p| fail(name, Some(*seq), p))?;
         if e.prev_hash != prev {
             return Err(fail(
                 name,
@@ -405,7 +393,7 @@ pub fn verify_chain(
     }
     let n = hashes.len() as u64;
     let head = match head {
-        Some(b) => Some(check_head(tenant, b, key, true).map_err(|p| fail(HEAD_BLOB, None, p))?),
+        Some(b) => Some(check_head(tenant, b, key).map_err(|p| fail(HEAD_BLOB, None, p))?),
         None => None,
     };
     let Some(head) = head else {

@@ -301,8 +301,7 @@ impl BlobAuditChain {
         // The head, created at seq 0 for a new chain.
         let head = loop {
             if let Some((body, _)) = self.get(t, &c, HEAD_BLOB).await? {
-                break check_head(t, &body, key, key.is_some())
-                    .map_err(|p| tampered(HEAD_BLOB, None, p))?;
+                break check_head(t, &body, key).map_err(|p| tampered(HEAD_BLOB, None, p))?;
             }
             if self.get(t, &c, &entry_blob(1)).await?.is_some() {
                 return Err(tampered(
@@ -341,7 +340,7 @@ impl BlobAuditChain {
             let Some((body, _)) = self.get(t, &c, &name).await? else {
                 continue; // deleted in between: try the same seq again
             };
-            let existing = check_entry(t, entry.seq, &body, key, key.is_some())
+            let existing = check_entry(t, entry.seq, &body, key)
                 .map_err(|p| tampered(&name, Some(entry.seq), p))?;
             if existing.prev_hash != hash {
                 return Err(tampered(
