@@ -263,6 +263,7 @@ async fn run_inner(
                 webhook_transcript: false,
                 receipts: None,
                 chain: None,
+                appended: None,
                 webhook: None,
                 outbox: None,
                 drain: Duration::ZERO,
@@ -286,6 +287,7 @@ async fn run_inner(
         webhook_transcript: tenant_cfg.as_ref().is_some_and(|t| t.webhook_transcript),
         receipts: None,
         chain: None,
+        appended: None,
         webhook,
         outbox,
         drain: cfg.webhooks.drain,
@@ -772,6 +774,11 @@ struct ReporterCtx {
     webhook_transcript: bool,
     receipts: Option<BlobStore>,
     chain: Option<Arc<BlobAuditChain>>,
+    /// The receipt last appended to the chain, and where it went.
+    appended: Option<(
+        crate::audit::DeletionReceipt,
+        crate::azure::audit_chain::Appended,
+    )>,
     webhook: Option<WebhookTarget>,
     outbox: Option<JobQueue>,
     drain: Duration,
@@ -948,17 +955,28 @@ async fn report_loop(mut ctx: ReporterCtx, mut rx: mpsc::UnboundedReceiver<Repor
             .map(|r| serde_json::to_value(r).unwrap_or_default());
         // The receipt goes to the tenant's chain before anyone is told the
         // recording is deleted.
+        // Several lines carry the same receipt (`recording_deleted`, then
+        // the final one): it is appended once.
         if let (Some(chain), Some(r)) = (&ctx.chain, &line.receipt) {
-            let record = crate::audit::AuditRecord::Recording(r.receipt.clone());
-            if let Some(a) = retry(
-                "Appending the deletion receipt to the tenant's audit chain",
-                || chain.append(&record),
-            )
-            .await
-            {
-                if let Some(serde_json::Value::Object(o)) = &mut receipt_json {
-                    insert_chain_position(o, &a);
+            let same = |a: &&(
+                crate::audit::DeletionReceipt,
+                crate::azure::audit_chain::Appended,
+            )| { a.0 == r.receipt };
+            if !ctx.appended.as_ref().is_some_and(|a| same(&a)) {
+                let record = crate::audit::AuditRecord::Recording(r.receipt.clone());
+                if let Some(a) = retry(
+                    "Appending the deletion receipt to the tenant's audit chain",
+                    || chain.append(&record),
+                )
+                .await
+                {
+                    ctx.appended = Some((r.receipt.clone(), a));
                 }
+            }
+            if let (Some((_, a)), Some(serde_json::Value::Object(o))) =
+                (ctx.appended.as_ref().filter(same), &mut receipt_json)
+            {
+                insert_chain_position(o, a);
             }
         }
         if let Some(rec) = &ctx.records {
