@@ -19,7 +19,18 @@
 //!
 //! Appenders take an exclusive `flock` on the file, re-read the last entry,
 //! append one line with a single write and `fsync` it, so concurrent
-//! processes interleave whole entries and never fork the chain.
+//! processes interleave whole entries and never fork the chain. The lock is
+//! waited for at most [`AuditLog::with_lock_timeout`] (default
+//! [`DEFAULT_LOCK_TIMEOUT`]; `audit.lock_timeout`), then the append fails with
+//! [`AuditError::Locked`] naming the file, instead of hanging behind a stuck
+//! process.
+//!
+//! **What this local log detects:** an edited, deleted, inserted or
+//! reordered line anywhere but at the end. **What it does not:** the last
+//! lines cut off, or the tail rewritten with recomputed hashes (there is no
+//! key and no head record outside the file). In fleet mode the record is the
+//! per-tenant chain in Blob Storage ([`crate::audit_chain`]), which detects
+//! both; this file is the pod's scratch copy.
 
 use std::fmt::Write as _;
 use std::fs::{DirBuilder, File, OpenOptions};
@@ -27,7 +38,7 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use rustix::fs::FlockOperation;
 use rustix::io::Errno;
@@ -45,6 +56,8 @@ pub const KIND_DELETION_RECEIPT: &str = "deletion_receipt";
 pub const KIND_TRANSCRIPT_DELETION: &str = "transcript_deletion";
 /// Longest accepted line, newline included.
 pub const MAX_LINE_BYTES: usize = 64 * 1024;
+/// How long an append waits for another process's lock by default.
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The proof that one recording was destroyed.
 ///
@@ -258,6 +271,14 @@ pub enum AuditError {
     /// An entry could not be encoded.
     #[error("cannot encode audit entry: {0}")]
     Encode(String),
+    /// Another process held the log's lock for longer than the lock timeout.
+    #[error("audit log {path}: another process holds its lock (waited {waited:?}, audit.lock_timeout); is another meetbot stuck on this file?")]
+    Locked {
+        /// The file.
+        path: PathBuf,
+        /// How long this process waited.
+        waited: Duration,
+    },
 }
 
 fn io_err(path: &Path, action: &'static str) -> impl FnOnce(io::Error) -> AuditError {
@@ -303,7 +324,7 @@ fn canonical(v: &Value, out: &mut String) {
     }
 }
 
-fn entry_hash(
+pub(crate) fn entry_hash(
     seq: u64,
     prev_hash: &str,
     kind: &str,
@@ -413,6 +434,7 @@ pub struct AuditLog {
     /// `flock` is per open file, so threads sharing this handle would all
     /// "hold" it; this mutex serialises them first.
     in_process: Mutex<()>,
+    lock_timeout: Duration,
 }
 
 impl AuditLog {
@@ -451,7 +473,43 @@ impl AuditLog {
             path,
             file,
             in_process: Mutex::new(()),
+            lock_timeout: DEFAULT_LOCK_TIMEOUT,
         })
+    }
+
+    /// Sets how long an append (or [`AuditLog::check_appendable`]) waits for
+    /// another process's lock before failing with [`AuditError::Locked`].
+    pub fn with_lock_timeout(mut self, timeout: Duration) -> Self {
+        self.lock_timeout = timeout;
+        self
+    }
+
+    /// Takes a `flock` of kind `op` (exclusive or shared), polling without
+    /// blocking until the lock timeout.
+    fn lock(&self, op: FlockOperation) -> Result<(), AuditError> {
+        let nb = match op {
+            FlockOperation::LockShared => FlockOperation::NonBlockingLockShared,
+            _ => FlockOperation::NonBlockingLockExclusive,
+        };
+        let start = Instant::now();
+        let mut pause = Duration::from_millis(1);
+        loop {
+            match flock_retrying(&self.file, nb) {
+                Ok(()) => return Ok(()),
+                Err(e) if e == Errno::WOULDBLOCK => {
+                    let waited = start.elapsed();
+                    if waited >= self.lock_timeout {
+                        return Err(AuditError::Locked {
+                            path: self.path.clone(),
+                            waited,
+                        });
+                    }
+                    std::thread::sleep(pause.min(self.lock_timeout - waited));
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                }
+                Err(e) => return Err(io_err(&self.path, "lock")(e.into())),
+            }
+        }
     }
 
     /// The log's path.
@@ -588,7 +646,7 @@ impl AuditLog {
         // A panic in another appender cannot leave the file inconsistent (the
         // flock and the truncate-on-error protect it), so poisoning is ignored.
         let _in_process = self.in_process.lock().unwrap_or_else(|p| p.into_inner());
-        flock_retrying(&self.file, op).map_err(|e| io_err(&self.path, "lock")(e.into()))?;
+        self.lock(op)?;
         let _guard = LockGuard(&self.file);
         let len = self
             .file
@@ -798,6 +856,43 @@ mod tests {
         assert_eq!(report.head_hash, e3.hash);
         let text = std::fs::read_to_string(&path).expect("read");
         assert_eq!(text.lines().nth(1), Some(e2.to_json_line().as_str()));
+    }
+
+    #[test]
+    fn a_held_lock_times_out_with_a_clear_error_and_is_taken_once_free() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join("audit.jsonl");
+        let log = AuditLog::open(&path)
+            .expect("open")
+            .with_lock_timeout(Duration::from_millis(300));
+        log.append(&receipt(1)).expect("append");
+        // Another open file description: another "process" as far as flock goes.
+        let other = File::open(&path).expect("open");
+        rustix::fs::flock(&other, FlockOperation::LockExclusive).expect("lock");
+        // The append runs on a thread so that today's blocking flock shows up
+        // as a failed test rather than a hung one.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log = std::sync::Arc::new(log);
+        let l2 = log.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(l2.append(&receipt(2)).map(|e| e.seq));
+        });
+        let err = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the append gave up instead of waiting forever")
+            .expect_err("the lock is held");
+        assert!(matches!(err, AuditError::Locked { .. }), "{err}");
+        let text = err.to_string();
+        assert!(text.contains(&path.display().to_string()), "{text}");
+        assert!(text.contains("another process holds its lock"), "{text}");
+        assert!(
+            matches!(log.check_appendable(), Err(AuditError::Locked { .. })),
+            "a shared lock waits too"
+        );
+        // Nothing was written; once the lock is free the chain continues.
+        rustix::fs::flock(&other, FlockOperation::Unlock).expect("unlock");
+        assert_eq!(log.append(&receipt(2)).expect("append").seq, 2);
+        assert_eq!(verify(&path).expect("verifies").entries, 2);
     }
 
     #[test]

@@ -114,11 +114,16 @@ pub struct SttServeArgs {
 /// `meetbot audit …`.
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Verify the hash chain of the audit log.
+    /// Verify the hash chain of the local audit log, or (--tenant) a
+    /// tenant's receipt chain in Blob Storage (fleet mode).
     Verify {
         /// Audit log (default: paths.audit_log).
-        #[arg(long, value_name = "FILE")]
+        #[arg(long, value_name = "FILE", conflicts_with = "tenant")]
         log: Option<PathBuf>,
+        /// Verify this tenant's chain in Blob Storage (`_fleet`: receipts of
+        /// orphans whose tenant was unreadable), with the fleet configuration.
+        #[arg(long, value_name = "TENANT")]
+        tenant: Option<String>,
     },
 }
 
@@ -298,6 +303,7 @@ pub async fn join(mut cfg: Config, args: JoinArgs) -> i32 {
 /// without its receipt is not allowed. The error is a status-line reason.
 pub fn open_audit(cfg: &Config) -> Result<AuditLog, String> {
     AuditLog::open(cfg.paths.audit_log())
+        .map(|a| a.with_lock_timeout(cfg.audit.lock_timeout))
         .and_then(|a| a.check_appendable().map(|()| a))
         .map_err(|e| format!("audit log: {e} (inspect it with `meetbot audit verify`)"))
 }
@@ -436,6 +442,65 @@ pub fn audit_verify(cfg: &Config, log: Option<PathBuf>) -> i32 {
                 path.display()
             );
             1
+        }
+    }
+}
+
+/// Runs `meetbot audit verify --tenant T`: verifies the tenant's receipt
+/// chain in Blob Storage. Prints one JSON report line; exit 0 if intact, 1 if
+/// not (naming the first bad entry), 2 if it could not be checked.
+pub async fn audit_verify_chain(cfg: &Config, tenant: &str) -> i32 {
+    use crate::azure::audit_chain::ChainError;
+    if tenant != crate::audit_chain::FLEET_CHAIN {
+        if let Err(e) = crate::store::validate_id("tenant", tenant) {
+            eprintln!("meetbot: --tenant: {e}");
+            return 2;
+        }
+    }
+    if cfg.store.kind != crate::config::StoreKind::AzureBlob {
+        eprintln!("meetbot: --tenant verifies the chain in Blob Storage; set store.kind = \"azure_blob\" and [azure] (the fleet configuration)");
+        return 2;
+    }
+    let chain = match crate::fleet::AzureEnv::from_config(cfg) {
+        Ok(az) => crate::fleet::build_audit_chain(cfg, &az).await,
+        Err(e) => Err(e.to_string()),
+    };
+    let chain = match chain {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("meetbot: {e}");
+            return 2;
+        }
+    };
+    match chain.verify(tenant).await {
+        Ok(r) => {
+            println!(
+                "{}",
+                serde_json::json!({"ok": true, "tenant": tenant, "entries": r.entries,
+                    "last_hash": r.last_hash, "head_seq": r.head_seq,
+                    "entries_beyond_head": r.beyond_head, "authenticated": r.authenticated})
+            );
+            if !r.authenticated && r.entries > 0 {
+                eprintln!("meetbot: warning: the chain of {tenant} is intact but not authenticated (audit.mac = \"none\"): a consistent rewrite by someone who can write the container would not be detected");
+            }
+            0
+        }
+        Err(ChainError::Tampered(f)) => {
+            println!(
+                "{}",
+                serde_json::json!({"ok": false, "tenant": tenant, "first_bad": f.blob,
+                    "seq": f.seq, "error": f.problem})
+            );
+            eprintln!("meetbot: audit chain of {tenant} failed verification: {f}");
+            1
+        }
+        Err(e) => {
+            println!(
+                "{}",
+                serde_json::json!({"ok": false, "tenant": tenant, "error": e.to_string(), "checked": false})
+            );
+            eprintln!("meetbot: could not verify the audit chain of {tenant}: {e}");
+            2
         }
     }
 }

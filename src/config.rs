@@ -64,6 +64,8 @@ pub struct Config {
     pub webhooks: WebhooksSection,
     /// `[urls]`
     pub urls: UrlsSection,
+    /// `[audit]`
+    pub audit: AuditSection,
     /// `[log]`
     pub log: LogConfig,
 }
@@ -463,6 +465,30 @@ pub struct WebhooksSection {
     pub outbox_queue: String,
 }
 
+/// Whether fleet-mode receipt chains carry a MAC (`audit.mac`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditMac {
+    /// `keys` when the `[keys]` provider's wrapped keys outlive the process
+    /// (`azure_keyvault`, `local_file`), `none` with `ephemeral` keys.
+    Auto,
+    /// HMAC-SHA256 under a per-tenant key wrapped by the `[keys]` provider.
+    Keys,
+    /// No MAC.
+    None,
+}
+
+/// `[audit]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSection {
+    /// How long an append waits for another process's lock on paths.audit_log.
+    #[serde(with = "humantime_serde")]
+    pub lock_timeout: Duration,
+    /// `auto`, `keys` or `none`; see [`Config::audit_mac`].
+    pub mac: AuditMac,
+}
+
 /// `[urls]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -606,6 +632,9 @@ impl Config {
         if !(1..=1024).contains(&self.recording.chunk_kib) {
             return bad("recording.chunk_kib", "must be between 1 and 1024");
         }
+        if self.audit.lock_timeout > Duration::from_secs(3600) {
+            return bad("audit.lock_timeout", "must be at most 1h");
+        }
         if self.recording.max_age < Duration::from_secs(1) {
             return bad("recording.max_age", "must be at least 1s");
         }
@@ -705,6 +734,16 @@ impl Config {
         Ok(())
     }
 
+    /// Whether fleet receipt chains carry a MAC, `audit.mac = "auto"`
+    /// resolved: never [`AuditMac::Auto`].
+    pub fn audit_mac(&self) -> AuditMac {
+        match (self.audit.mac, self.keys.provider) {
+            (AuditMac::Auto, KeysKind::Ephemeral) => AuditMac::None,
+            (AuditMac::Auto, _) => AuditMac::Keys,
+            (m, _) => m,
+        }
+    }
+
     fn validate_fleet(&self) -> Result<(), ConfigError> {
         let bad = |key: &str, why: &str| Err(ConfigError(format!("{key}: {why}")));
         if let Err(e) = crate::azure::blob_store::validate_prefix(&self.store.container_prefix) {
@@ -712,6 +751,14 @@ impl Config {
         }
         if self.store.retention < Duration::from_secs(60) {
             return bad("store.retention", "must be at least 1m");
+        }
+        if self.audit.mac == AuditMac::Keys && self.keys.provider == KeysKind::Ephemeral {
+            return bad(
+                "audit.mac",
+                "\"keys\" needs a key provider whose wrapped keys outlive the process \
+                 (keys.provider = \"azure_keyvault\", or \"local_file\" shared by every worker and verifier); \
+                 keys.provider is \"ephemeral\": use audit.mac = \"auto\" or \"none\"",
+            );
         }
         if self.keys.provider == KeysKind::AzureKeyvault
             && (self.keys.vault_url.trim().is_empty() || self.keys.key_name.trim().is_empty())
@@ -1092,6 +1139,24 @@ mod tests {
         assert_eq!(p.jitter.delay, Duration::from_millis(120));
         assert_eq!(p.transport.udp_bind, ["10.0.0.5:0", "127.0.0.1:0"]);
         assert_eq!(p.transport.stun_urls, ["stun:stun.example.com:3478"]);
+    }
+
+    #[test]
+    fn receipt_chain_mac_follows_the_key_custody() {
+        // Default: ephemeral keys, so nothing could unwrap a chain key later: no MAC.
+        assert_eq!(load(None, &[]).unwrap().audit_mac(), AuditMac::None);
+        let kv = "[keys]\nprovider = \"azure_keyvault\"\nvault_url = \"https://v.vault.azure.net\"\nkey_name = \"k\"\n";
+        assert_eq!(load(Some(kv), &[]).unwrap().audit_mac(), AuditMac::Keys);
+        let lf = "[keys]\nprovider = \"local_file\"\n";
+        assert_eq!(load(Some(lf), &[]).unwrap().audit_mac(), AuditMac::Keys);
+        let none = format!("{kv}[audit]\nmac = \"none\"\n");
+        assert_eq!(load(Some(&none), &[]).unwrap().audit_mac(), AuditMac::None);
+        // Asking for a MAC key nothing could unwrap is a configuration error.
+        let e = load(Some("[audit]\nmac = \"keys\"\n"), &[]).unwrap_err();
+        assert!(
+            e.to_string().contains("audit.mac") && e.to_string().contains("ephemeral"),
+            "{e}"
+        );
     }
 
     #[test]

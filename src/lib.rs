@@ -7,6 +7,7 @@
 #![deny(unsafe_code)]
 
 pub mod audit;
+pub mod audit_chain;
 pub mod azure;
 pub mod bench;
 pub mod benchcmd;

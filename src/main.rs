@@ -65,8 +65,11 @@ fn main() {
             }
         },
         Command::Audit {
-            command: AuditCommand::Verify { log },
-        } => cli::audit_verify(&cfg, log),
+            command: AuditCommand::Verify { log, tenant },
+        } => match tenant {
+            Some(t) => runtime.block_on(cli::audit_verify_chain(&cfg, &t)),
+            None => cli::audit_verify(&cfg, log),
+        },
         Command::Worker(args) => runtime.block_on(cli::worker(cfg, args)),
         Command::Serve => match runtime.block_on(meetbot::fleet::api::serve_cmd(cfg)) {
             Ok(()) => 0,

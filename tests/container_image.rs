@@ -1369,7 +1369,7 @@ fn image_runs_the_charts_fleet_commands_serve_sweep_worker_against_azurite() {
         sweep.describe()
     );
 
-    // worker: a job file to a transcript in acme's container and a receipt beside it.
+    // worker: a job file to a transcript in acme's container and a receipt in its chain.
     let worker = jail.run(
         "worker",
         &img.argv(&["worker", "--job-file", "/input/job.json"]),
@@ -1398,11 +1398,14 @@ fn image_runs_the_charts_fleet_commands_serve_sweep_worker_against_azurite() {
     let said = speaker_text(&doc, "Host");
     assert!(wer(HOST, &said) <= 0.3, "{said:?}");
     let rid = last["recording_id"].as_str().unwrap();
-    let receipt: serde_json::Value = serde_json::from_slice(
-        &rt.block_on(store.read("acme", &format!("receipt-{rid}.json")))
+    // In acme's receipt chain: the sweep's two transcript deletions, then this receipt.
+    let entry: serde_json::Value = serde_json::from_slice(
+        &rt.block_on(store.read("acme", "audit/00000000000000000003.json"))
             .unwrap(),
     )
     .unwrap();
+    let receipt = &entry["receipt"];
+    assert_eq!(receipt["recording_id"], rid, "{entry}");
     assert_eq!(receipt["transcript_committed"], true, "{receipt}");
     assert_eq!(receipt["transcript_sha256"], last["transcript"]["sha256"]);
 

@@ -220,14 +220,17 @@ fn a_bot_sent_through_the_api_ends_as_a_transcript_in_its_tenant_with_signed_web
     assert!((6.9..7.01).contains(&days), "{days}");
     // The receipt is in the tenant's container and on the record.
     let rid = done["recording_id"].as_str().unwrap();
+    // Appended once (several status lines carry the receipt), as acme's first.
+    let seq = done["receipt"]["chain_seq"].as_u64().expect("in the chain");
+    assert_eq!(seq, 1, "{done}");
+    let name = format!("audit/{seq:020}.json");
     assert!(done["receipt"]["location"]
         .as_str()
         .unwrap()
-        .ends_with(&format!("receipt-{rid}.json")));
-    assert!(api
-        .rt
-        .block_on(store.read("acme", &format!("receipt-{rid}.json")))
-        .is_ok());
+        .ends_with(&name));
+    let entry: Value =
+        serde_json::from_slice(&api.rt.block_on(store.read("acme", &name)).unwrap()).unwrap();
+    assert_eq!(entry["receipt"]["recording_id"], rid);
     // Nothing for globex.
     assert!(listed
         .iter()

@@ -1,5 +1,5 @@
 //! `meetbot sweep` against a real Azurite: expired transcripts are deleted
-//! with receipts (audit log and tenant container), nothing else is touched,
+//! with receipts (audit log and the tenant's receipt chain), nothing else is touched,
 //! two sweeps at once delete each blob once, and orphaned recordings in the
 //! spool are destroyed with receipts.
 
@@ -109,35 +109,62 @@ fn sweep_deletes_expired_transcripts_once_with_receipts_and_nothing_else() {
         (acme.clone(), "fresh.json".to_string()),
         (acme.clone(), "fresh.vtt".to_string()),
         (acme.clone(), "receipt-r-1.json".to_string()),
-        (acme.clone(), "receipt-expired-old-1.json.json".to_string()),
-        (acme.clone(), "receipt-expired-old-1.vtt.json".to_string()),
-        (
-            globex.clone(),
-            "receipt-expired-old-2.json.json".to_string(),
-        ),
-        (globex.clone(), "receipt-expired-old-2.vtt.json".to_string()),
     ];
+    // Each tenant's two deletion receipts, chained in its container.
+    for c in [&acme, &globex] {
+        for n in [
+            "audit/key.json",
+            "audit/head.json",
+            "audit/00000000000000000001.json",
+            "audit/00000000000000000002.json",
+        ] {
+            want.push((c.clone(), n.to_string()));
+        }
+    }
     want.sort();
     let mut left = left;
     left.sort();
     assert_eq!(left, want);
-    let r: serde_json::Value = serde_json::from_slice(
-        &rt.block_on(store.read("acme", "receipt-expired-old-1.json.json"))
-            .unwrap(),
-    )
-    .unwrap();
-    assert_eq!(r["transcript_deleted"]["meeting_id"], "old-1");
-    assert_eq!(r["transcript_deleted"]["reason"], "retention expired");
-    assert_eq!(
-        r["transcript_deleted"]["transcript_sha256"]
-            .as_str()
-            .unwrap(),
-        hex_sha(&doc("acme", "old-1").to_json())
-    );
-    assert!(!r["transcript_deleted"]["location"]
-        .as_str()
-        .unwrap()
-        .contains("sig="));
+    let mut deleted_blobs = Vec::new();
+    for seq in 1..=2 {
+        let e: serde_json::Value = serde_json::from_slice(
+            &rt.block_on(store.read("acme", &format!("audit/{seq:020}.json")))
+                .unwrap(),
+        )
+        .unwrap();
+        let r = &e["receipt"];
+        assert_eq!(e["kind"], "transcript_deletion");
+        assert_eq!(r["meeting_id"], "old-1");
+        assert_eq!(r["reason"], "retention expired");
+        assert!(!r["location"].as_str().unwrap().contains("sig="));
+        deleted_blobs.push(
+            r["location"]
+                .as_str()
+                .unwrap()
+                .rsplit('/')
+                .next()
+                .unwrap()
+                .to_string(),
+        );
+        if r["location"].as_str().unwrap().ends_with(".json") {
+            assert_eq!(
+                r["transcript_sha256"].as_str().unwrap(),
+                hex_sha(&doc("acme", "old-1").to_json())
+            );
+        }
+    }
+    deleted_blobs.sort();
+    assert_eq!(deleted_blobs, ["old-1.json", "old-1.vtt"]);
+    for tenant in ["acme", "globex"] {
+        let v = Run::from(
+            ws.command()
+                .args(["audit", "verify", "--tenant", tenant])
+                .output()
+                .unwrap(),
+        );
+        assert_eq!(v.code, Some(0), "{}", v.describe());
+        assert_eq!(v.last()["entries"], 2, "{}", v.describe());
+    }
 
     // Again: nothing to do.
     let again = Run::from(ws.command().arg("sweep").output().unwrap());

@@ -111,13 +111,17 @@ fn a_job_ends_as_a_verified_transcript_blob_with_receipt_record_and_signed_webho
         .as_str()
         .unwrap()
         .contains(&store.container_name("acme")));
-    // The receipt is beside it, identical to the one on the final line.
+    // The receipt is entry 1 of acme's receipt chain, identical to the one on
+    // the final line, and the chain verifies (MACs included) from Blob Storage.
     let rid = last["recording_id"].as_str().unwrap();
-    let receipt: serde_json::Value = serde_json::from_slice(
-        &rt.block_on(store.read("acme", &format!("receipt-{rid}.json")))
+    let entry: serde_json::Value = serde_json::from_slice(
+        &rt.block_on(store.read("acme", "audit/00000000000000000001.json"))
             .unwrap(),
     )
     .unwrap();
+    assert_eq!(entry["seq"], 1);
+    assert!(entry["mac"].is_string(), "{entry}");
+    let receipt = &entry["receipt"];
     assert_eq!(receipt["recording_id"], rid);
     assert_eq!(receipt["transcript_committed"], true);
     assert_eq!(receipt["transcript_sha256"], last["transcript"]["sha256"]);
@@ -138,7 +142,18 @@ fn a_job_ends_as_a_verified_transcript_blob_with_receipt_record_and_signed_webho
     assert!(rec.receipt.as_ref().unwrap()["location"]
         .as_str()
         .unwrap()
-        .ends_with(&format!("receipt-{rid}.json")));
+        .ends_with("/audit/00000000000000000001.json"));
+    assert_eq!(rec.receipt.as_ref().unwrap()["chain_seq"], 1);
+    assert_eq!(rec.receipt.as_ref().unwrap()["chain_hash"], entry["hash"]);
+    let v = Run::from(
+        ws.command()
+            .args(["audit", "verify", "--tenant", "acme"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(v.code, Some(0), "{}", v.describe());
+    assert_eq!(v.last()["entries"], 1, "{}", v.describe());
+    assert_eq!(v.last()["authenticated"], true, "{}", v.describe());
 
     // One webhook per status change, each verified by the reference library,
     // in order, with distinct ids, and no transcript text (acme did not opt in).
@@ -532,18 +547,29 @@ fn a_restarted_worker_destroys_the_crashed_runs_recording_even_without_a_job() {
     assert_eq!(run.statuses().last().map(String::as_str), Some("skipped"));
     assert!(ws.recording_dirs().is_empty(), "the recording is gone");
 
-    // The receipt is in the tenant's container, byte for byte what the audit log holds.
+    // The receipt is in the tenant's receipt chain, what the audit log holds.
     let rid = receipt["recording_id"].as_str().unwrap().to_string();
     let store = az.env().blob_store(&az.config()).unwrap();
-    let blob = rt()
-        .block_on(store.read("acme", &format!("receipt-{rid}.json")))
-        .expect("receipt blob");
-    let stored: serde_json::Value = serde_json::from_slice(&blob).unwrap();
-    assert_eq!(&stored, receipt);
+    let seq = swept[0]["chain_seq"]
+        .as_u64()
+        .expect("appended to the chain");
+    let name = format!("audit/{seq:020}.json");
     assert!(swept[0]["receipt_location"]
         .as_str()
         .unwrap()
-        .contains(&rid));
+        .ends_with(&name));
+    let blob = rt()
+        .block_on(store.read("acme", &name))
+        .expect("chain entry");
+    let stored: serde_json::Value = serde_json::from_slice(&blob).unwrap();
+    assert_eq!(&stored["receipt"], receipt);
+    let v = Run::from(
+        ws.command()
+            .args(["audit", "verify", "--tenant", "acme"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(v.code, Some(0), "{}", v.describe());
     let verify = Run::from(ws.command().args(["audit", "verify"]).output().unwrap());
     assert_eq!(verify.code, Some(0), "{}", verify.describe());
     assert!(std::fs::read_to_string(ws.audit_log())

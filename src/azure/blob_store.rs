@@ -187,12 +187,15 @@ impl BlobStore {
         container_for_tenant(&self.prefix, tenant)
     }
 
-    fn container(&self, tenant: &str) -> BlobContainerClient {
+    pub(crate) fn container(&self, tenant: &str) -> BlobContainerClient {
         self.service
             .blob_container_client(&self.container_name(tenant))
     }
 
-    async fn ensure_container(&self, c: &BlobContainerClient) -> Result<(), CommitError> {
+    pub(crate) async fn ensure_container(
+        &self,
+        c: &BlobContainerClient,
+    ) -> Result<(), CommitError> {
         match c.create(None).await {
             Ok(_) => Ok(()),
             Err(e) if super::http_status(&e) == Some(409) => Ok(()),

@@ -9,6 +9,7 @@
 //! Table Storage has no 1.x crate, so [`table`] is a small client on
 //! `azure_core`'s pipeline (same retry, logging and bearer-token policies).
 
+pub mod audit_chain;
 pub mod blob_store;
 pub mod keyvault;
 pub mod queue;

@@ -95,6 +95,28 @@ impl AzureEnv {
     }
 }
 
+/// The receipt chains in `azure.blob_url` (fleet mode), MACed under keys
+/// wrapped by the `[keys]` provider unless `audit.mac = "none"`.
+pub async fn build_audit_chain(
+    cfg: &Config,
+    azure: &AzureEnv,
+) -> Result<Arc<azure::audit_chain::BlobAuditChain>, String> {
+    let store = azure
+        .blob_store(cfg)
+        .map_err(|e| format!("audit chain: {e}"))?;
+    let keys = match cfg.audit_mac() {
+        crate::config::AuditMac::Keys => Some(
+            build_keys(cfg, Some(azure))
+                .await
+                .map_err(|e| format!("audit chain: {e}"))?,
+        ),
+        crate::config::AuditMac::None | crate::config::AuditMac::Auto => None,
+    };
+    Ok(Arc::new(azure::audit_chain::BlobAuditChain::new(
+        store, keys,
+    )))
+}
+
 /// The key provider `[keys]` describes. A Key Vault key is probed (exists,
 /// enabled, RSA, may wrap and unwrap) so a misconfigured vault fails the run
 /// before anything is recorded.

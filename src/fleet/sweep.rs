@@ -3,12 +3,16 @@
 //! 1. **Expired transcripts** (`store.kind = "azure_blob"`): every transcript
 //!    blob (JSON and WebVTT) whose `expires_at` metadata has passed is
 //!    deleted — conditionally on its ETag, so a blob replaced meanwhile is
-//!    kept — and each deletion gets a receipt: an audit-log entry
-//!    (`transcript_deletion`) and a `receipt-expired-<blob>.json` blob in the
-//!    tenant's container. Receipts and unexpired blobs are never touched.
+//!    kept — and each deletion gets a receipt (`transcript_deletion`) in the
+//!    local audit log and in the tenant's receipt chain
+//!    ([`crate::azure::audit_chain`]). Receipts, chain blobs and unexpired
+//!    blobs are never touched.
 //! 2. **Orphaned recordings**: encrypted recordings in the spool whose
 //!    process died (no lock held) are destroyed, each with a deletion receipt
-//!    (a live worker destroys its own recording at `recording.max_age`).
+//!    in the local log and (fleet mode) in its tenant's chain, or the
+//!    fleet-wide chain `_fleet` when the header naming the tenant is
+//!    unreadable (a live worker destroys its own recording at
+//!    `recording.max_age`).
 //!
 //! Idempotent, and safe to run twice at once: only the sweeper whose
 //! conditional delete succeeded writes the receipt; the other sees the blob
@@ -22,6 +26,7 @@ use serde_json::json;
 use tracing::{error, warn};
 
 use crate::audit::{AuditLog, AuditRecord, TranscriptDeletionReceipt};
+use crate::azure::audit_chain::BlobAuditChain;
 use crate::azure::blob_store::{BlobStore, ListedBlob};
 use crate::config::{Config, StoreKind};
 use crate::recording::RecordingConfig;
@@ -60,6 +65,7 @@ pub fn expired(blobs: &[ListedBlob], now: SystemTime) -> Vec<&ListedBlob> {
 /// Deletes expired transcripts in `store`, with receipts.
 pub async fn sweep_transcripts(
     store: &BlobStore,
+    chain: &BlobAuditChain,
     audit: &AuditLog,
     dry_run: bool,
     out: &mut dyn FnMut(serde_json::Value),
@@ -126,17 +132,15 @@ pub async fn sweep_transcripts(
             line["audit_seq"] = e.seq.into();
             line["audit_hash"] = e.hash.clone().into();
         }
-        if crate::store::validate_id("tenant", &tenant).is_ok() {
-            let body = serde_json::to_vec_pretty(&line).unwrap_or_default();
-            match store
-                .put_receipt(&tenant, &format!("expired-{}", b.name), &body)
-                .await
-            {
-                Ok(loc) => line["receipt_location"] = loc.into(),
-                Err(e) => {
-                    warn!(error = %e, "Could not store a transcript-deletion receipt in the tenant's container.");
-                    s.errors += 1;
-                }
+        match chain.append(&AuditRecord::Transcript(receipt)).await {
+            Ok(a) => {
+                line["receipt_location"] = a.location.into();
+                line["chain_seq"] = a.seq.into();
+                line["chain_hash"] = a.hash.into();
+            }
+            Err(e) => {
+                error!(error = %e, "Deleted an expired transcript but could not append its receipt to the tenant's audit chain.");
+                s.errors += 1;
             }
         }
         out(line);
@@ -155,20 +159,50 @@ pub async fn sweep_cmd(cfg: Config, dry_run: bool) -> i32 {
         }
     };
     let mut summary = SweepSummary::default();
+    let mut chain = None;
     if cfg.store.kind == StoreKind::AzureBlob {
-        let store = match super::AzureEnv::from_config(&cfg).and_then(|az| az.blob_store(&cfg)) {
-            Ok(s) => s,
+        let built = match super::AzureEnv::from_config(&cfg) {
+            Ok(az) => match az.blob_store(&cfg) {
+                Ok(store) => super::build_audit_chain(&cfg, &az)
+                    .await
+                    .map(|c| (store, c)),
+                Err(e) => Err(e.to_string()),
+            },
+            Err(e) => Err(e.to_string()),
+        };
+        let (store, c) = match built {
+            Ok(x) => x,
             Err(e) => {
-                print(json!({"error": e.to_string()}));
+                print(json!({ "error": e }));
                 return 2;
             }
         };
-        summary = sweep_transcripts(&store, &audit, dry_run, &mut print).await;
+        summary = sweep_transcripts(&store, &c, &audit, dry_run, &mut print).await;
+        chain = Some(c);
     }
     if !dry_run {
         let rec = RecordingConfig::new(cfg.paths.spool_dir());
-        match crate::bot::sweep_spool(&rec, &audit) {
-            Ok(n) => summary.recordings_destroyed = n,
+        match crate::bot::sweep_spool_receipts(&rec, &audit) {
+            Ok(receipts) => {
+                summary.recordings_destroyed = receipts.len();
+                for r in receipts {
+                    let mut line = json!({"orphan_swept": r});
+                    if let Some(c) = &chain {
+                        match c.append(&AuditRecord::Recording(r)).await {
+                            Ok(a) => {
+                                line["receipt_location"] = a.location.into();
+                                line["chain_seq"] = a.seq.into();
+                                line["chain_hash"] = a.hash.into();
+                            }
+                            Err(e) => {
+                                error!(error = %e, "Swept an orphaned recording but could not append its receipt to the audit chain.");
+                                summary.errors += 1;
+                            }
+                        }
+                    }
+                    print(line);
+                }
+            }
             Err(e) => {
                 error!(error = %format!("{e:#}"), "Sweeping the spool failed.");
                 summary.errors += 1;

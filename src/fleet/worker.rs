@@ -10,8 +10,8 @@
 //! receipts it is parked in `queue.poison_name` instead.
 //!
 //! Every status line goes to stdout at once and, in order, to the bot record
-//! (Table Storage), the tenant's container (the deletion receipt) and the
-//! job's webhook. A job whose record is already final (a redelivery after the
+//! (Table Storage), the tenant's receipt chain (the deletion receipt,
+//! [`crate::azure::audit_chain`]) and the job's webhook. A job whose record is already final (a redelivery after the
 //! worker finished but before it deleted the message) is not run again.
 
 use std::path::PathBuf;
@@ -26,6 +26,7 @@ use super::job::Job;
 use super::metrics::Metrics;
 use super::records::{Records, Update};
 use super::AzureEnv;
+use crate::azure::audit_chain::BlobAuditChain;
 use crate::azure::blob_store::BlobStore;
 use crate::azure::queue::{JobQueue, Leased};
 use crate::bot::{self, JoinRequest};
@@ -308,6 +309,8 @@ async fn run_inner(
                 state: state.clone(),
                 webhook_transcript: false,
                 receipts: None,
+                chain: None,
+                appended: None,
                 webhook: None,
                 outbox: None,
                 drain: Duration::ZERO,
@@ -330,6 +333,8 @@ async fn run_inner(
         state: state.clone(),
         webhook_transcript: tenant_cfg.as_ref().is_some_and(|t| t.webhook_transcript),
         receipts: None,
+        chain: None,
+        appended: None,
         webhook,
         outbox,
         drain: cfg.webhooks.drain,
@@ -466,6 +471,10 @@ async fn run_inner(
             None => Arc::new(LocalDirStore::new(cfg.paths.transcripts_dir())),
         };
         let keys = super::build_keys(cfg, azure.as_ref()).await?;
+        let chain = blob.as_ref().map(|b| {
+            let mac_keys = (cfg.audit_mac() == crate::config::AuditMac::Keys).then(|| keys.clone());
+            Arc::new(BlobAuditChain::new(b.clone(), mac_keys))
+        });
         let mut comps = crate::cli::prepare(cfg, store, keys)?;
         comps.gauges = state.backlog.clone();
         // Connect (and reconnect) only to the addresses just vetted.
@@ -480,9 +489,9 @@ async fn run_inner(
         let platform =
             crate::platform::open(&Pii::new(job.meeting_url.clone()), &cfg.bot.name, &settings)
                 .map_err(|e| e.to_string())?;
-        Ok::<_, String>((comps, platform, blob))
+        Ok::<_, String>((comps, platform, blob, chain))
     };
-    let (comps, platform, blob) = match setup.await {
+    let (comps, platform, blob, chain) = match setup.await {
         Ok(x) => x,
         Err(e) => {
             fail(&mut reporter, e);
@@ -495,7 +504,7 @@ async fn run_inner(
             return EXIT_FATAL;
         }
     };
-    reporter.set_receipts(blob);
+    reporter.set_receipts(blob, chain);
 
     // 7. Last check before joining: a stop requested during setup wins;
     //    otherwise mark the bot joining, conditionally, so a concurrent
@@ -818,6 +827,12 @@ struct ReporterCtx {
     state: Arc<WorkerState>,
     webhook_transcript: bool,
     receipts: Option<BlobStore>,
+    chain: Option<Arc<BlobAuditChain>>,
+    /// The receipt last appended to the chain, and where it went.
+    appended: Option<(
+        crate::audit::DeletionReceipt,
+        crate::azure::audit_chain::Appended,
+    )>,
     webhook: Option<WebhookTarget>,
     outbox: Option<JobQueue>,
     drain: Duration,
@@ -926,7 +941,7 @@ struct Reporter {
 
 enum ReporterMsg {
     Line(Box<StatusLine>),
-    Receipts(Option<BlobStore>),
+    Receipts(Option<BlobStore>, Option<Arc<BlobAuditChain>>),
 }
 
 impl Reporter {
@@ -945,9 +960,9 @@ impl Reporter {
         }
     }
 
-    fn set_receipts(&mut self, store: Option<BlobStore>) {
+    fn set_receipts(&mut self, store: Option<BlobStore>, chain: Option<Arc<BlobAuditChain>>) {
         if let Some(tx) = &self.tx {
-            let _ = tx.send(ReporterMsg::Receipts(store));
+            let _ = tx.send(ReporterMsg::Receipts(store, chain));
         }
     }
 
@@ -983,8 +998,9 @@ where
 async fn report_loop(mut ctx: ReporterCtx, mut rx: mpsc::UnboundedReceiver<ReporterMsg>) {
     while let Some(msg) = rx.recv().await {
         let line = match msg {
-            ReporterMsg::Receipts(s) => {
+            ReporterMsg::Receipts(s, c) => {
                 ctx.receipts = s;
+                ctx.chain = c;
                 continue;
             }
             ReporterMsg::Line(l) => *l,
@@ -994,20 +1010,30 @@ async fn report_loop(mut ctx: ReporterCtx, mut rx: mpsc::UnboundedReceiver<Repor
             .receipt
             .as_ref()
             .map(|r| serde_json::to_value(r).unwrap_or_default());
-        // The receipt goes to the tenant's container before anyone is told
-        // the recording is deleted.
-        if let (Some(store), Some(r), Some(rid)) =
-            (&ctx.receipts, &line.receipt, &line.recording_id)
-        {
-            let body = serde_json::to_vec_pretty(r).unwrap_or_default();
-            if let Some(loc) = retry("Storing the deletion receipt", || {
-                store.put_receipt(&ctx.job.tenant, rid, &body)
-            })
-            .await
-            {
-                if let Some(serde_json::Value::Object(o)) = &mut receipt_json {
-                    o.insert("location".into(), loc.into());
+        // The receipt goes to the tenant's chain before anyone is told the
+        // recording is deleted.
+        // Several lines carry the same receipt (`recording_deleted`, then
+        // the final one): it is appended once.
+        if let (Some(chain), Some(r)) = (&ctx.chain, &line.receipt) {
+            let same = |a: &&(
+                crate::audit::DeletionReceipt,
+                crate::azure::audit_chain::Appended,
+            )| { a.0 == r.receipt };
+            if !ctx.appended.as_ref().is_some_and(|a| same(&a)) {
+                let record = crate::audit::AuditRecord::Recording(r.receipt.clone());
+                if let Some(a) = retry(
+                    "Appending the deletion receipt to the tenant's audit chain",
+                    || chain.append(&record),
+                )
+                .await
+                {
+                    ctx.appended = Some((r.receipt.clone(), a));
                 }
+            }
+            if let (Some((_, a)), Some(serde_json::Value::Object(o))) =
+                (ctx.appended.as_ref().filter(same), &mut receipt_json)
+            {
+                insert_chain_position(o, a);
             }
         }
         if let Some(rec) = &ctx.records {
@@ -1056,6 +1082,16 @@ async fn report_loop(mut ctx: ReporterCtx, mut rx: mpsc::UnboundedReceiver<Repor
             hand_to_outbox(ctx.outbox.as_ref(), pending).await;
         }
     }
+}
+
+/// Adds where a receipt landed in its chain to the receipt's JSON.
+fn insert_chain_position(
+    o: &mut serde_json::Map<String, serde_json::Value>,
+    a: &crate::azure::audit_chain::Appended,
+) {
+    o.insert("location".into(), a.location.clone().into());
+    o.insert("chain_seq".into(), a.seq.into());
+    o.insert("chain_hash".into(), a.hash.clone().into());
 }
 
 async fn committed_document(ctx: &ReporterCtx, line: &StatusLine) -> Option<serde_json::Value> {
@@ -1108,31 +1144,42 @@ async fn sweep_orphans_at_start(cfg: &Config, azure: Option<&AzureEnv>) -> Resul
     let receipts =
         crate::bot::sweep_spool_receipts(&crate::recording::RecordingConfig::new(spool), &audit)
             .map_err(|e| format!("sweeping the spool: {e:#}"))?;
-    let store = match azure {
-        Some(az) if cfg.store.kind == StoreKind::AzureBlob => az.blob_store(cfg).ok(),
+    let chain = match azure {
+        Some(az) if cfg.store.kind == StoreKind::AzureBlob && !receipts.is_empty() => {
+            match super::build_audit_chain(cfg, az).await {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    error!(error = %e, "Swept orphaned recordings but cannot reach the audit chain; their receipts are only in the local audit log.");
+                    None
+                }
+            }
+        }
         _ => None,
     };
     for r in receipts {
-        let mut location = None;
-        if let Some(store) = &store {
-            let body = serde_json::to_vec_pretty(&r).unwrap_or_default();
-            location = retry("Storing an orphan's deletion receipt", || {
-                store.put_receipt(&r.tenant, &r.recording_id, &body)
-            })
-            .await;
+        let mut line = json!({
+            "status": "orphan_swept",
+            "at": status::now_rfc3339(),
+            "tenant": r.tenant,
+            "meeting_id": r.meeting_id,
+            "recording_id": r.recording_id,
+            "receipt": r,
+            "receipt_location": null,
+        });
+        if let Some(chain) = &chain {
+            let record = crate::audit::AuditRecord::Recording(r.clone());
+            if let Some(a) = retry(
+                "Appending an orphan's deletion receipt to the audit chain",
+                || chain.append(&record),
+            )
+            .await
+            {
+                line["receipt_location"] = a.location.into();
+                line["chain_seq"] = a.seq.into();
+                line["chain_hash"] = a.hash.into();
+            }
         }
-        println!(
-            "{}",
-            json!({
-                "status": "orphan_swept",
-                "at": status::now_rfc3339(),
-                "tenant": r.tenant,
-                "meeting_id": r.meeting_id,
-                "recording_id": r.recording_id,
-                "receipt": r,
-                "receipt_location": location,
-            })
-        );
+        println!("{line}");
     }
     Ok(())
 }

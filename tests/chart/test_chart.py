@@ -607,6 +607,21 @@ class Worker(unittest.TestCase):
         self.assertEqual(cfg["keys"]["vault_url"], "https://meetbot-kv.vault.azure.net")
         self.assertEqual(cfg["keys"]["key_name"], "recording-kek")
 
+    def test_receipt_chain_mac_needs_key_vault(self):
+        # With Key Vault the tenant chains are MACed under a vault-wrapped key; without
+        # it no key outlives a pod, so the chart turns the MAC off rather than break appends.
+        for name, mac in (("production", "keys"), ("minimal", "none")):
+            r = RENDERS[name]
+            for kind in ("ScaledJob", "CronJob"):
+                objs = r.of_kind(kind)
+                if not objs:
+                    continue
+                spec = objs[0]["spec"]
+                tmpl = spec["jobTargetRef"]["template"] if kind == "ScaledJob" else spec["jobTemplate"]["spec"]["template"]
+                cfg = effective_config(r, tmpl["spec"]["containers"][0])
+                with self.subTest(render=name, kind=kind):
+                    self.assertEqual(cfg["audit"]["mac"], mac)
+
     def test_stt_modes_configure_the_worker(self):
         r = RENDERS["production"]
         c = r.one("ScaledJob")["spec"]["jobTargetRef"]["template"]["spec"]["containers"][0]

@@ -123,6 +123,11 @@ written as integers here. Strings go through toJson (JSON string escapes are val
 {{- $_ := set $c "stt_serve" (dict "listen" (printf "0.0.0.0:%v" $v.sttServe.port) "max_concurrency" $v.sttServe.maxConcurrency) -}}
 {{- if $v.azure.keyVault.url -}}
 {{- $_ := set $c "keys" (dict "provider" "azure_keyvault" "vault_url" $v.azure.keyVault.url "key_name" $v.azure.keyVault.keyName) -}}
+{{- $_ := set $c "audit" (dict "mac" "keys") -}}
+{{- else -}}
+{{- /* Receipt chains: without Key Vault there is no key every pod shares (recording
+       keys are ephemeral), so entries carry no MAC (docs/deploy.md). */ -}}
+{{- $_ := set $c "audit" (dict "mac" "none") -}}
 {{- end -}}
 {{- $stt := dict "language" $v.stt.language "model_dir" $v.model.dir -}}
 {{- if eq $v.stt.mode "embedded" -}}
