@@ -404,12 +404,14 @@ async fn receipts_without_a_valid_tenant_go_to_the_fleet_chain() {
 fn the_cli_verifies_a_tenant_chain_from_blob_storage() {
     let az = Azurite::start();
     let mut ws = Workspace::new();
-    ws.extra_config = az.config_toml();
+    // Keys whose wrapped chain key outlives the process (ephemeral keys
+    // would mean audit.mac = none).
+    ws.extra_config = format!("{}[keys]\nprovider = \"local_file\"\n", az.config_toml());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    // Keys as the worker would have them: [keys] provider = local, the shared key file.
+    // Keys as the worker would have them: [keys] provider = local_file, the shared key file.
     let keys: Arc<dyn KeyProvider> =
         Arc::new(meetbot::recording::LocalKeyFile::open_or_create(ws.key_file()).unwrap());
     let chain = BlobAuditChain::new(az.env().blob_store(&az.config()).unwrap(), Some(keys));

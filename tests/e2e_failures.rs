@@ -370,11 +370,18 @@ fn hostile_stt_server(mode: &'static str) -> u16 {
                 }
             }
             let n = served.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            // "flaky": the first utterance's two attempts fail, the rest succeed.
-            let (status, body) = if mode == "flaky" && n >= 2 {
+            // "flaky": the first two requests fail with a 500 (transient), the
+            // rest succeed. "reject": the first gets a 400 (permanent), the
+            // rest succeed.
+            let (status, body) = if (mode == "flaky" && n >= 2) || (mode == "reject" && n >= 1) {
                 (
                     "200 OK",
                     r#"{"text":"all good","segments":[{"start":0.0,"end":1.0,"text":"all good"}]}"#,
+                )
+            } else if mode == "reject" {
+                (
+                    "400 Bad Request",
+                    r#"{"error":{"message":"audio rejected","type":"invalid_request_error"}}"#,
                 )
             } else {
                 (
@@ -394,10 +401,15 @@ fn hostile_stt_server(mode: &'static str) -> u16 {
 
 #[test]
 fn stt_server_that_errors_or_hangs_is_fatal_bounded_and_leaves_nothing() {
-    for (mode, needle) in [("500", "500"), ("hang", "within 1s")] {
+    // A provider that never recovers: the utterance waits in the queue (by
+    // reference, requeued after each failed round) until the recording's
+    // maximum age, then the recording is destroyed with a receipt.
+    for mode in ["500", "hang"] {
+        let needle = "maximum age";
         let mut ws = Workspace::new();
-        ws.extra_config =
-            "[stt]\ntimeout = \"1s\"\nattempts = 2\ninitial_backoff = \"100ms\"\n".into();
+        ws.extra_config = "[stt]\ntimeout = \"1s\"\nattempts = 2\ninitial_backoff = \"100ms\"\n\
+             [recording]\nmax_age = \"12s\"\n[auto_leave]\nmax_duration = \"0s\"\n"
+            .into();
         let (m, wav) = one_speaker(&ws, "fast", "Is anybody listening to this meeting?");
         let port = hostile_stt_server(mode);
         let url = format!("http://127.0.0.1:{port}/v1");
@@ -474,10 +486,8 @@ fn full_spool_disk_is_fatal_keeps_what_was_captured_and_leaves_nothing() {
     }
 }
 
-#[test]
-fn one_failed_utterance_is_a_gap_not_a_lost_meeting() {
-    let mut ws = Workspace::new();
-    ws.extra_config = "[stt]\nattempts = 2\ninitial_backoff = \"50ms\"\n".into();
+/// Two sentences with a pause between them, as one speaker: two utterances.
+fn two_utterances(ws: &Workspace) -> std::path::PathBuf {
     let d = ws.path();
     espeak("en-us", "The first sentence is lost.", &d.join("a.wav"));
     espeak("en-us", "The second sentence arrives.", &d.join("b.wav"));
@@ -490,8 +500,16 @@ fn one_failed_utterance_is_a_gap_not_a_lost_meeting() {
     assert!(st.success());
     let wav = d.join("solo.wav");
     concat(&[d.join("a.wav"), d.join("gap.wav"), d.join("b.wav")], &wav);
-    let m = ws.manifest(&[("Solo", &wav, 0)], "fast");
-    let port = hostile_stt_server("flaky");
+    ws.manifest(&[("Solo", &wav, 0)], "fast")
+}
+
+#[test]
+fn one_rejected_utterance_is_a_gap_not_a_lost_meeting() {
+    let mut ws = Workspace::new();
+    ws.extra_config = "[stt]\nattempts = 2\ninitial_backoff = \"50ms\"\n".into();
+    let m = two_utterances(&ws);
+    // A permanent refusal of the first utterance: a gap, the rest transcribed.
+    let port = hostile_stt_server("reject");
     let url = format!("http://127.0.0.1:{port}/v1");
     let run = ws.join(
         &format!("replay:{}", m.display()),
@@ -506,6 +524,35 @@ fn one_failed_utterance_is_a_gap_not_a_lost_meeting() {
     assert_eq!(t["gaps"].as_array().unwrap().len(), 1, "{t}");
     assert_eq!(t["gaps"][0]["kind"], "transcription_failed");
     assert!(speaker_text(&t, "Solo").contains("all good"));
+}
+
+#[test]
+fn a_transiently_failing_utterance_is_retried_from_the_recording_not_lost() {
+    let mut ws = Workspace::new();
+    ws.extra_config =
+        "[stt]\nattempts = 2\ninitial_backoff = \"50ms\"\nmax_backoff = \"100ms\"\n".into();
+    let m = two_utterances(&ws);
+    // The first utterance's attempts both get a 500: it goes back to the
+    // queue (by reference into the recording) and is transcribed later.
+    let port = hostile_stt_server("flaky");
+    let url = format!("http://127.0.0.1:{port}/v1");
+    let run = ws.join(
+        &format!("replay:{}", m.display()),
+        &["--stt", "openai", "--stt-url", &url],
+    );
+    assert_eq!(run.code, Some(0), "{}", run.describe());
+    let last = run.last();
+    assert_eq!(last["status"], "done");
+    assert_eq!(last["transcript"]["complete"], true, "{last}");
+    assert!(
+        last["transcribing"]["requeued"].as_u64() >= Some(1),
+        "{last}"
+    );
+    let t = transcript_of(&last);
+    assert_eq!(t["gaps"].as_array().map(Vec::len), Some(0), "{t}");
+    let segs = t["segments"].as_array().unwrap();
+    assert_eq!(segs.len(), 2, "{t}");
+    assert!(segs.iter().all(|s| s["text"] == "all good"), "{t}");
 }
 
 #[test]

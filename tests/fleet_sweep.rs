@@ -59,7 +59,8 @@ fn sweep_deletes_expired_transcripts_once_with_receipts_and_nothing_else() {
     });
     std::thread::sleep(Duration::from_millis(2100));
     let mut ws = Workspace::new();
-    ws.extra_config = az.config_toml();
+    // A key file shared with the in-process checks: the chains carry MACs.
+    ws.extra_config = format!("{}[keys]\nprovider = \"local_file\"\n", az.config_toml());
 
     // Dry run: reports, deletes nothing.
     let dry = Run::from(ws.command().args(["sweep", "--dry-run"]).output().unwrap());

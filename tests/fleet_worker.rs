@@ -20,6 +20,9 @@ fn fleet_ws(az: &Azurite, extra: &str) -> Workspace {
 }
 
 /// `allow`: the worker's `urls.allow` (TOML array).
+/// Keys: a local key file every process of the test shares, so receipt
+/// chains carry MACs (with the default ephemeral keys they would not; the
+/// chart's fleet without Key Vault runs that way, see `container_image`).
 fn fleet_ws_allowing(az: &Azurite, allow: &str, extra: &str) -> Workspace {
     let mut ws = Workspace::new();
     let tenants = ws.path().join("tenants.toml");
@@ -32,7 +35,7 @@ fn fleet_ws_allowing(az: &Azurite, allow: &str, extra: &str) -> Workspace {
     )
     .unwrap();
     ws.extra_config = format!(
-        "{}\n[urls]\nallow = {allow}\nallow_replay = true\n[tenants]\nfile = {:?}\n\
+        "{}\n[keys]\nprovider = \"local_file\"\n[urls]\nallow = {allow}\nallow_replay = true\n[tenants]\nfile = {:?}\n\
          [worker]\nlisten = \"\"\nstop_poll = \"500ms\"\n\
          [webhooks]\nschedule = [\"0s\", \"1s\", \"2s\"]\nin_process_attempts = 3\ndrain = \"10s\"\n\
          [queue]\nwait = \"3s\"\nlease = \"30s\"\n{extra}",
