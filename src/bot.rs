@@ -980,7 +980,11 @@ async fn destroy_and_receipt(
     committed: Option<&Committed>,
     reason: Option<String>,
 ) -> anyhow::Result<(ReceiptInfo, Option<String>)> {
-    let receipt_for = |report: crate::recording::DestroyReport| DeletionReceipt {
+    let (transcript_sha256, transcript_location) = committed
+        .filter(|_| was_committed)
+        .map(|c| (c.sha256.clone(), c.location.clone()))
+        .unzip();
+    let receipt_for = move |report: crate::recording::DestroyReport| DeletionReceipt {
         recording_id: report.recording_id,
         meeting_id: report.meeting_id,
         tenant: report.tenant,
@@ -988,58 +992,57 @@ async fn destroy_and_receipt(
         ciphertext_bytes: report.ciphertext_bytes,
         manifest_sha256: report.manifest_sha256,
         transcript_committed: was_committed,
-        transcript_sha256: committed
-            .filter(|_| was_committed)
-            .map(|c| c.sha256.clone()),
-        transcript_location: committed
-            .filter(|_| was_committed)
-            .map(|c| c.location.clone()),
+        transcript_sha256: transcript_sha256.clone(),
+        transcript_location: transcript_location.clone(),
         reason: reason.clone(),
         deleted_at: status::now_rfc3339(),
         method: report.method,
     };
-    // Write-ahead: if this process dies between the destroy and the append,
-    // the next start's sweep appends this receipt.
+    // One blocking task, in order: write-ahead intent (a process that dies
+    // after the destroy leaves it for the next start's sweep), destroy, the
+    // intent rewritten with the final receipt (deleted_at after the
+    // deletion), the append (once), the intent removed.
     let intent = receipt_for(rec.destroy_report());
-    let id = intent.recording_id.clone();
     let spool = spool_dir.to_path_buf();
-    let intent_json = serde_json::to_vec(&intent)?;
-    let wrote = {
-        let (spool, id) = (spool.clone(), id.clone());
-        tokio::task::spawn_blocking(move || {
-            recording::write_receipt_intent(&spool, &id, &intent_json)
-        })
-        .await?
-    };
-    if let Err(e) = &wrote {
-        // Destroying comes first: go on, the receipt still goes out below.
-        warn!(error = %e, "Could not write the receipt intent; a crash before the receipt is appended would lose it.");
-    }
-    let report = tokio::task::spawn_blocking(move || rec.destroy()).await??;
-    let receipt = receipt_for(report);
-    if wrote.is_ok() {
-        // The intent now says exactly what the log will (deleted_at is
-        // after the deletion); a crash before this keeps the earlier one.
-        let (spool, id) = (spool.clone(), id.clone());
-        let json = serde_json::to_vec(&receipt)?;
-        let rewritten = tokio::task::spawn_blocking(move || {
-            recording::write_receipt_intent(&spool, &id, &json)
-        })
-        .await?;
-        if let Err(e) = rewritten {
-            warn!(error = %e, "Could not update the receipt intent after the deletion.");
-        }
-    }
     let audit2 = audit.clone();
-    let r2 = receipt.clone();
-    let appended = tokio::task::spawn_blocking(move || audit2.append_once(&r2)).await;
+    let (receipt, appended) = tokio::task::spawn_blocking(move || {
+        let id = intent.recording_id.clone();
+        let put = |r: &DeletionReceipt| {
+            serde_json::to_vec(r)
+                .map_err(|e| e.to_string())
+                .and_then(|json| {
+                    recording::write_receipt_intent(&spool, &id, &json).map_err(|e| e.to_string())
+                })
+        };
+        let wrote = put(&intent);
+        if let Err(e) = &wrote {
+            // Destroying comes first: go on, the receipt still goes out below.
+            warn!(error = %e, "Could not write the receipt intent; a crash before the receipt is appended would lose it.");
+        }
+        let report = rec.destroy()?;
+        let receipt = receipt_for(report);
+        if wrote.is_ok() {
+            if let Err(e) = put(&receipt) {
+                warn!(error = %e, "Could not update the receipt intent after the deletion.");
+            }
+        }
+        let appended = audit2.append_once(&receipt);
+        if wrote.is_ok() && appended.is_ok() {
+            if let Err(e) = recording::remove_receipt_intent(&spool, &id) {
+                // Harmless: the next sweep finds the receipt already appended.
+                warn!(error = %e, "Could not remove a completed receipt intent.");
+            }
+        }
+        Ok::<_, crate::recording::RecordingError>((receipt, appended))
+    })
+    .await??;
     let audit_log = audit.path().display().to_string();
     let (receipt, entry, error) = match appended {
-        Ok(Ok((entry, true))) => {
+        Ok((entry, true)) => {
             info!(audit_seq = entry.seq, "Deletion receipt appended.");
             (receipt, Some(entry), None)
         }
-        Ok(Ok((entry, false))) => {
+        Ok((entry, false)) => {
             // A concurrent sweep recovered it from the intent first.
             info!(
                 audit_seq = entry.seq,
@@ -1051,18 +1054,8 @@ async fn destroy_and_receipt(
             };
             (theirs, Some(entry), None)
         }
-        Ok(Err(e)) => (receipt, None, Some(e.to_string())),
-        Err(e) => (receipt, None, Some(format!("audit task failed: {e}"))),
+        Err(e) => (receipt, None, Some(e.to_string())),
     };
-    if error.is_none() && wrote.is_ok() {
-        let removed =
-            tokio::task::spawn_blocking(move || recording::remove_receipt_intent(&spool, &id))
-                .await?;
-        if let Err(e) = removed {
-            // Harmless: the next sweep finds the receipt already appended.
-            warn!(error = %e, "Could not remove a completed receipt intent.");
-        }
-    }
     Ok((
         ReceiptInfo {
             receipt,
